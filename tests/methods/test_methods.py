@@ -50,7 +50,7 @@ def momentum_pairs(method: Method) -> list[tuple[nn.Module, nn.Module]]:
 
 def test_registry_lists_the_four_methods_and_rejects_unknown():
     assert {"simclr", "moco_v2", "moco_v3", "byol", "simsiam"} <= set(METHODS)
-    with pytest.raises(ValueError, match="valid methods: .*simclr"):
+    with pytest.raises(ValueError, match=r"valid methods: .*simclr"):
         build_method("simclrr", tiny_backbone(), feature_dim=24)
     with pytest.raises(TypeError, match="simclr"):
         build_method("simclr", tiny_backbone(), feature_dim=24, queue_size=5)

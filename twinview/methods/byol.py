@@ -30,13 +30,16 @@ class BYOL(Method):
         feature_dim: int,
         hidden_dim: int = 4096,
         out_dim: int = 256,
+        pred_hidden_dim: int | None = None,
         momentum: float = 0.996,
         momentum_final: float = 1.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = byol_projector(feature_dim, hidden_dim=hidden_dim, out_dim=out_dim)
-        self.predictor = byol_predictor(out_dim, hidden_dim=hidden_dim, out_dim=out_dim)
+        self.predictor = byol_predictor(
+            out_dim, hidden_dim=pred_hidden_dim or hidden_dim, out_dim=out_dim
+        )
         self.backbone_momentum = momentum_copy(self.backbone)
         self.projector_momentum = momentum_copy(self.projector)
         self.momentum_base = momentum

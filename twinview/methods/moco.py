@@ -128,6 +128,7 @@ class MoCoV3(Method):
         feature_dim: int,
         hidden_dim: int = 4096,
         out_dim: int = 256,
+        pred_hidden_dim: int | None = None,
         projector_layers: int = 2,
         predictor_last_bn: bool = False,
         temperature: float = 1.0,
@@ -141,7 +142,10 @@ class MoCoV3(Method):
             feature_dim, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=projector_layers
         )
         self.predictor = moco_v3_predictor(
-            out_dim, hidden_dim=hidden_dim, out_dim=out_dim, last_bn=predictor_last_bn
+            out_dim,
+            hidden_dim=pred_hidden_dim or hidden_dim,
+            out_dim=out_dim,
+            last_bn=predictor_last_bn,
         )
         self.backbone_momentum = momentum_copy(self.backbone)
         self.projector_momentum = momentum_copy(self.projector)

@@ -1,0 +1,100 @@
+"""Process setup: device choice, torch.distributed initialisation, spawning on one node.
+
+Launch modes, all ending in the same :func:`init_distributed` call:
+- one process (default): nothing to initialise;
+- ``torchrun`` (one or many nodes): RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR are set;
+- SLURM (``srun``): SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, with MASTER_ADDR / MASTER_PORT
+  exported by the job script (the first node of the allocation);
+- ``train.devices=N`` on one node: :func:`spawn` starts N processes with a free local port.
+The backend is NCCL on CUDA and gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto"
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def launch_env() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) from torchrun or SLURM variables, or None."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return None
+
+
+def init_distributed(device_name: str, rank: int = 0, world_size: int = 1, local_rank: int = 0):
+    """Initialise the default process group when ``world_size > 1``; return a ProcessInfo."""
+    device = pick_device(device_name, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_PORT", "29500")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+    if device.type == "cpu" and world_size > 1:
+        # Share the cores between the processes of this node instead of oversubscribing.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return ProcessInfo(rank, world_size, local_rank, device)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawned(local_rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(local_rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+    )
+    fn(*args)
+
+
+def spawn(fn: Callable[..., Any], args: tuple, nprocs: int) -> None:
+    """Run ``fn(*args)`` in ``nprocs`` local processes that see torchrun-style variables."""
+    mp.spawn(_spawned, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
