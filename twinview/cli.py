@@ -1,10 +1,11 @@
 """``twinview`` command line: a thin layer over the Python functions of the same names.
 
-    twinview pretrain [--config FILE] [--print-config] [key=value ...]
-    twinview views    [--config FILE] [key=value ...] [--out FILE] [--n N]
-    twinview export   RUN [format=pt|torchvision|timm|torchscript|onnx|safetensors] [out=FILE]
-    twinview embed    RUN [data=...] [split=train|test] out=FILE
-    twinview report   RUN
+twinview pretrain [--config FILE] [--print-config] [key=value ...]
+twinview views    [--config FILE] [key=value ...] [--out FILE] [--n N]
+twinview export   RUN [format=pt|torchvision|timm|torchscript|onnx|safetensors] [out=FILE]
+twinview embed    RUN [data=...] [split=train|test] out=FILE
+twinview eval     RUN [protocols=knn,linear,finetune] [seeds=N] [data=...] [out=FILE]
+twinview report   RUN
 """
 
 from __future__ import annotations
@@ -118,6 +119,36 @@ def _embed(argv: Sequence[str]) -> int:
     return 0
 
 
+def _eval(argv: Sequence[str]) -> int:
+    usage = (
+        "usage: twinview eval RUN [protocols=knn,linear,finetune] [seeds=N] [data=...] "
+        "[root=...] [baselines=true|false] [linear_epochs=N] [finetune_epochs=N] [device=...] "
+        "[out=FILE]"
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    from twinview.eval.evaluate import evaluate, format_eval_table
+
+    ints = {"seeds", "linear_epochs", "finetune_epochs", "batch_size", "num_workers"}
+    opts = _kv(argv[1:], {"protocols", "data", "root", "out", "baselines", "device", *ints}, "eval")
+    kwargs: dict = {k: v for k, v in opts.items() if k in ("data", "root", "out", "device")}
+    for key in ints & opts.keys():
+        try:
+            kwargs[key] = int(opts[key])
+        except ValueError as err:
+            raise ConfigError(
+                f"twinview eval: {key} must be an integer, got '{opts[key]}'"
+            ) from err
+    if "protocols" in opts:
+        kwargs["protocols"] = [p.strip() for p in opts["protocols"].split(",") if p.strip()]
+    if "baselines" in opts:
+        kwargs["baselines"] = opts["baselines"].lower() in ("1", "true", "yes")
+    result = evaluate(argv[0], **kwargs)
+    print(format_eval_table(result))
+    return 0
+
+
 def _report(argv: Sequence[str]) -> int:
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print("usage: twinview report RUN   (rewrites RUN/report.html)")
@@ -133,6 +164,7 @@ COMMANDS = {
     "views": _views,
     "export": _export,
     "embed": _embed,
+    "eval": _eval,
     "report": _report,
 }
 

@@ -77,7 +77,9 @@ def test_print_config_and_help(capsys):
 def test_learning_beats_random_init_on_synthetic(tmp_path):
     """A short SimCLR run must lift validation kNN well above the random-init backbone."""
     assert _run(tmp_path, "epochs=6", "name=learn", "data.options.n=640") == 0
-    records = [json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()
+    ]
     knn = [r["val_knn_top1"] for r in records if r["kind"] == "epoch"]
     from twinview.eval.baselines import random_init_knn
     from twinview.train.build import build_data, eval_transform
@@ -175,3 +177,33 @@ def test_two_processes_follow_the_one_process_loss_curve(method, tmp_path):
     one, two = losses("one"), losses("two")
     assert len(one) == len(two) == 4
     assert one == pytest.approx(two, abs=2e-5)
+
+
+def test_online_probe_and_nan_stop(tmp_path, capsys):
+    """The optional online probe logs its accuracy; a non-finite loss stops with a clear error
+    and leaves the last good checkpoint in place."""
+    args = [
+        "epochs=1",
+        "train.max_steps=3",
+        "monitor.online_probe=true",
+        "monitor.log_every_steps=1",
+    ]
+    assert _run(tmp_path, *args, "name=probe", "monitor.knn_every_epochs=0") == 0
+    lines = (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()
+    train = [json.loads(x) for x in lines if json.loads(x)["kind"] == "train"]
+    assert all(0.0 <= r["online_linear_top1"] <= 1.0 for r in train)
+
+    # A good start (2 steps, checkpointed), then the same run resumed with lr=1e30 blows up.
+    base = ["epochs=2", "train.checkpoint_every_steps=1", "name=nan", "monitor.knn_every_epochs=0"]
+    assert _run(tmp_path, *base, "train.max_steps=2") == 0
+    ckpt = tmp_path / "nan" / "checkpoints" / "last.pt"
+    good = load_checkpoint(ckpt)["method"]
+    bad = ["lr=1e30", "schedule.warmup_epochs=0"]
+    assert _run(tmp_path, *base, *bad) == 1
+    err = capsys.readouterr().err
+    assert "became" in err and "last good checkpoint is kept" in err
+    kept = load_checkpoint(ckpt)["method"]
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+    # Resuming with another optimizer is refused with a message, not a KeyError deep in torch.
+    assert _run(tmp_path, *base, "optim=sgd", "lr=0.1", "optim.weight_decay=0") == 2
+    assert "optim.name=lars" in capsys.readouterr().err

@@ -6,11 +6,13 @@ linear-probe hyperparameters chosen on a validation split, numbers reported on t
 """
 
 from twinview.eval.baselines import random_init_knn, raw_pixel_knn
+from twinview.eval.evaluate import evaluate, format_eval_table
 from twinview.eval.features import (
     extract_features,
     extract_features_and_labels,
     raw_pixel_features,
 )
+from twinview.eval.finetune import finetune
 from twinview.eval.health import (
     RANK_RATIO_THRESHOLD,
     STD_RATIO_THRESHOLD,
@@ -31,8 +33,11 @@ __all__ = [
     "alignment",
     "effective_rank",
     "embedding_std",
+    "evaluate",
     "extract_features",
     "extract_features_and_labels",
+    "finetune",
+    "format_eval_table",
     "health_report",
     "is_collapsed",
     "knn_accuracy",

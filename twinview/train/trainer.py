@@ -19,6 +19,7 @@ epoch, every RNG state) is checkpointed; rerunning the same command resumes exac
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import signal
@@ -33,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from twinview.data import build_loader
+from twinview.eval.linear import OnlineLinearProbe
 from twinview.export import save_backbone
 from twinview.methods import Method
 from twinview.report import write_report
@@ -47,7 +49,13 @@ from twinview.train.build import (
     view_size,
 )
 from twinview.train.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
-from twinview.train.config import PretrainConfig, load_config, run_name, save_config
+from twinview.train.config import (
+    ConfigError,
+    PretrainConfig,
+    load_config,
+    run_name,
+    save_config,
+)
 from twinview.train.errors import TrainingDiverged
 from twinview.train.logger import MetricsLog
 from twinview.train.monitors import Monitors
@@ -138,6 +146,10 @@ def _ddp_wrap(method: Method, info: ProcessInfo) -> nn.Module:
         ignored += [f"{prefix}.{n}" for n, _ in sub.named_buffers()]
     DDP._set_params_and_buffers_to_ignore_for_model(method, ignored)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
+    # BN buffers are not broadcast each forward: SyncBN keeps them equal, and the ignored
+    # momentum/queue buffers are identical on every process by construction.
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return DDP(method, device_ids=device_ids, forward_sync_buffers=False)
     return DDP(method, device_ids=device_ids, broadcast_buffers=False)
 
 
@@ -197,6 +209,10 @@ class _Run:
             info.device,
             seed=t.seed,
         )
+        self.probe: OnlineLinearProbe | None = None
+        if cfg.monitor.online_probe and self.data.num_classes:
+            self.probe = OnlineLinearProbe(self.spec["feature_dim"], self.data.num_classes)
+            self.probe.to(info.device)
         self.ckpt_path = run_dir / "checkpoints" / "last.pt"
         self.log = MetricsLog(run_dir, enabled=info.is_main)
 
@@ -217,12 +233,21 @@ class _Run:
             "epoch": self.epoch,
             "loader": loader_state,
             "rng": states,
+            "probe": self.probe.state_dict() if self.probe is not None else None,
             "backbone_spec": self.spec,
             "method_name": self.cfg.method.name,
+            "run_keys": {"method.name": self.cfg.method.name, "optim.name": self.cfg.optim.name},
             "world_size": self.info.world_size,
         }
 
     def save(self, loader_state: dict) -> None:
+        params = [p.detach() for p in self.method.parameters()]
+        if not all(torch.isfinite(n) for n in torch._foreach_norm(params)):
+            raise TrainingDiverged(
+                f"the weights became non-finite before step {self.step} (epoch {self.epoch + 1})"
+                f"; stopping. The last good checkpoint is kept: {self.ckpt_path}. Try a lower "
+                "learning rate (optim.lr=...), precision=fp32, or check the data."
+            )
         state = self.state_dict(loader_state)  # collective: every process takes part
         if self.info.is_main:
             save_checkpoint(self.ckpt_path, state)
@@ -233,9 +258,27 @@ class _Run:
         if not self.ckpt_path.exists():
             return False
         state = load_checkpoint(self.ckpt_path, map_location=self.info.device)
+        for key, now in (
+            ("method.name", self.cfg.method.name),
+            ("optim.name", self.cfg.optim.name),
+        ):
+            was = state.get("run_keys", {}).get(key, now)
+            if was != now:
+                raise ConfigError(
+                    f"{self.run_dir} was trained with {key}={was}, this command asks for "
+                    f"{key}={now}; resume with {key}={was}, or start a new run with "
+                    "resume=false or another name=..."
+                )
         self.method.load_state_dict(state["method"])
+        # The optimizer's buffers come from the checkpoint; its hyperparameters (lr, weight
+        # decay) from this command's config, so an edited config takes effect on resume.
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, hyper in zip(self.optimizer.param_groups, fresh):
+            group.update(hyper)
         self.scaler.load_state_dict(state["scaler"])
+        if self.probe is not None and state.get("probe") is not None:
+            self.probe.load_state_dict(state["probe"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.loader.load_state_dict(state["loader"])
         rng = state["rng"]
@@ -315,10 +358,12 @@ class _Run:
             self.scaler.scale(loss).backward()
             if self.cfg.monitor.health and self.info.is_main:
                 self.monitors.buffer.add(out.embeddings)
+            if self.probe is not None:  # detached features, its own optimizer: not in the loss
+                probe_logs = self.probe.step(out.features, batch.labels.to(out.features.device))
             micro += 1
             if micro % accumulate:
                 continue
-            value = out.loss.item()
+            value = self._global_loss(out.loss)
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"the loss became {value} at step {self.step + 1} (epoch {self.epoch + 1}); "
@@ -341,7 +386,7 @@ class _Run:
                 bar.update(1)
             if self.step % self.cfg.monitor.log_every_steps == 0 or self.step == self.total_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
-                logs = {k: v for k, v in out.logs.items()}
+                logs = {**out.logs, **(probe_logs if self.probe is not None else {})}
                 self.log.log(
                     "train", self.step, self.epoch,
                     {"loss": window_loss / window_steps, "lr_factor": factor,
@@ -354,6 +399,14 @@ class _Run:
                 self.save(self.loader.state_dict())
             if stop.signal is not None or self.step >= self.total_steps:
                 return
+
+    def _global_loss(self, loss: torch.Tensor) -> float:
+        """The loss averaged over processes (each process holds the mean over its anchors)."""
+        if self.info.world_size == 1:
+            return loss.item()
+        value = loss.detach().float().clone()
+        dist.all_reduce(value)
+        return value.item() / self.info.world_size
 
     def _end_epoch(self) -> None:
         backbone = self.method.backbone
@@ -396,7 +449,6 @@ class _Run:
         if self.info.world_size > 1:
             dist.barrier()
         return summary
-
 
     def _report(self, test: dict[str, Any]) -> Path:
         """report.html: curves, results, embedding map, neighbours and the views used."""

@@ -1,0 +1,69 @@
+"""The command line end to end on a tiny synthetic run: pretrain, eval, export, embed, report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from twinview.cli import main
+
+TINY = [
+    "data=synthetic",
+    "data.options.n=200",
+    "data.options.size=16",
+    "backbone.width=4",
+    "batch_size=32",
+    "method.proj_hidden_dim=32",
+    "method.proj_out_dim=16",
+    "epochs=1",
+    "monitor.knn_k=10",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["pretrain", f"output.dir={root}", "name=tiny", *TINY]) == 0
+    return root / "tiny"
+
+
+def test_eval_writes_eval_json_and_prints_the_table(run_dir, capsys):
+    assert main(["eval", str(run_dir), "protocols=knn,linear", "linear_epochs=2", "seeds=2"]) == 0
+    out = capsys.readouterr().out
+    assert "kNN top-1 (k=20)" in out and "raw pixels" in out and "random init" in out
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert len(result["protocols"]["linear"]["per_seed"]) == 2
+    assert 0.0 <= result["protocols"]["knn"]["knn_top1_k20"] <= 1.0
+
+
+def test_export_embed_report(run_dir, tmp_path, capsys):
+    out = tmp_path / "backbone.ts"
+    assert main(["export", str(run_dir), "format=torchscript", f"out={out}"]) == 0
+    import twinview
+
+    original = twinview.load_backbone(run_dir)
+    exported = twinview.load_backbone(out)
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.equal(original(x), exported(x))
+
+    emb = tmp_path / "emb.npy"
+    assert main(["embed", str(run_dir), f"out={emb}", "split=test"]) == 0
+    matrix = np.load(emb)
+    assert matrix.shape == (200, original.feature_dim) and matrix.dtype == np.float32
+
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.html").stat().st_size > 10_000
+
+
+def test_user_errors_are_one_line_not_tracebacks(run_dir, capsys):
+    assert main(["eval", str(run_dir), "protocols=knn,telepathy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twinview eval: error:") and "telepathy" in err
+    assert main(["pretrain", "data=/no/such/folder"]) == 2
+    assert "/no/such/folder" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "format=gif"]) == 2
+    assert main(["frobnicate"]) == 2
