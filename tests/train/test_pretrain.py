@@ -74,30 +74,38 @@ def test_print_config_and_help(capsys):
 
 
 @pytest.mark.slow
-def test_learning_beats_random_init_on_synthetic(tmp_path):
-    """A short SimCLR run must lift validation kNN well above the random-init backbone."""
-    assert _run(tmp_path, "epochs=6", "name=learn", "data.options.n=640") == 0
-    records = [
-        json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()
-    ]
-    knn = [r["val_knn_top1"] for r in records if r["kind"] == "epoch"]
+def test_learning_beats_random_init_on_fashion_mnist(tmp_path):
+    """60 SimCLR steps of the default run must lift validation kNN above a random-init ConvNet.
+
+    Real data (Fashion-MNIST from Debian's dataset-fashion-mnist, which .ci/run installs): the
+    synthetic shapes are too easy to tell apart by colour and background for a short
+    self-supervised run to show a margin over random features.
+    """
+    from functools import partial
+
+    from twinview.data import FashionMNIST
     from twinview.eval.baselines import random_init_knn
+    from twinview.nn import build_backbone
     from twinview.train.build import build_data, eval_transform
     from twinview.train.config import load_config
 
-    cfg = load_config(None, [*SMALL, "data.options.n=640"])
-    data = build_data(cfg)
-    from functools import partial
+    try:
+        FashionMNIST("test", download=False)
+    except (FileNotFoundError, ValueError) as err:  # pragma: no cover - CI installs it
+        pytest.skip(f"Fashion-MNIST not installed: {err}")
+    args = ["monitor.knn_max_train=5000", "monitor.knn_k=20", "epochs=1", "train.max_steps=60"]
+    assert main(["pretrain", f"output.dir={tmp_path}", "name=learn", *args]) == 0
+    lines = (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()
+    learned = [json.loads(x)["val_knn_top1"] for x in lines if '"val_knn_top1"' in x][-1]
 
-    from twinview.nn import build_backbone
-
-    builder = partial(build_backbone, "convnet", in_channels=data.channels, width=8)
-    norm = eval_transform(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    data = build_data(load_config(None, args))
+    bank = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:5000]
     baseline = random_init_knn(
-        builder, data.train.images, data.train.labels, data.val.images, data.val.labels,
-        k=(20,), normalize=norm,
+        partial(build_backbone, "convnet", in_channels=1),
+        data.train.images[bank], data.train.labels[bank], data.val.images, data.val.labels,
+        k=(20,), normalize=eval_transform(28, (0.5,), (0.5,)),
     )["knn_top1_k20"]  # fmt: skip
-    assert knn[-1] > baseline + 0.10, (knn, baseline)
+    assert learned > baseline + 0.02, (learned, baseline)
 
 
 def _cli(tmp_path: Path, *args: str) -> list[str]:

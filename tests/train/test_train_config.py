@@ -38,9 +38,15 @@ def test_default_run() -> None:
         "fashion_mnist",
         "convnet",
     )
-    # the SimCLR recipe fills the optimizer; its 10-epoch warm-up is capped at 10% of the run
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("lars", 0.3, 1e-6)
-    assert cfg.schedule.warmup_epochs == pytest.approx(0.1 * cfg.train.epochs)
+    # the small-backbone CPU recipe fills the optimizer, crop scale and temperature
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-3, 1e-4)
+    assert cfg.schedule.warmup_epochs == 0.25
+    assert cfg.views.crop_scale_min == 0.2 and cfg.method.temperature == 0.2
+    # with a ResNet the paper's recipe applies; its 10-epoch warm-up is capped at 10% of the run
+    paper = load_config(None, ["backbone=resnet18"])
+    assert (paper.optim.name, paper.optim.lr, paper.optim.weight_decay) == ("lars", 0.3, 1e-6)
+    assert paper.schedule.warmup_epochs == pytest.approx(0.1 * paper.train.epochs)
+    assert paper.views.crop_scale_min is None and paper.method.temperature is None
     assert cfg.train.device == "auto" and cfg.output.resume is True
     assert run_name(cfg) == "simclr-fashion_mnist"
 
@@ -50,7 +56,9 @@ def test_yaml_then_overrides_then_recipe(tmp_path) -> None:
         tmp_path,
         "method: moco_v2\noptim:\n  weight_decay: 5e-4\ntrain:\n  epochs: 3\n  batch_size: 64\n",
     )
-    cfg = load_config(path, ["epochs=4", "optim.momentum=0.8", "data=./my images/"])
+    cfg = load_config(
+        path, ["epochs=4", "optim.momentum=0.8", "data=./my images/", "backbone=resnet18"]
+    )
     assert cfg.method.name == "moco_v2"  # YAML shorthand
     assert cfg.train.epochs == 4  # override beats the file
     assert cfg.train.batch_size == 64  # file beats the default
@@ -67,7 +75,7 @@ SHORTHAND_VALUES = {
     "backbone": ("resnet18", "resnet18"),
     "data": ("cifar10", "cifar10"),
     "views": ("byol", "byol"),
-    "optim": ("adamw", "adamw"),
+    "optim": ("sgd", "sgd"),
     "lr": ("0.5", 0.5),
     "epochs": ("2", 2),
     "batch_size": ("128", 128),
@@ -90,18 +98,20 @@ def test_every_shorthand_sets_its_key(alias: str) -> None:
 
 
 def test_recipes_only_fill_none_and_resolve_false_keeps_them() -> None:
-    raw = load_config(None, ["method=byol"], resolve=False)
+    raw = load_config(None, ["method=byol", "backbone=resnet18"], resolve=False)
     assert raw.optim.name is None and raw.optim.lr is None and raw.schedule.warmup_epochs is None
     cfg = resolve_defaults(raw)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("lars", 0.2, 1.5e-6)
     assert raw.optim.name is None  # resolve_defaults returns a copy
-    long_run = load_config(None, ["method=byol", "epochs=300"])
+    long_run = load_config(None, ["method=byol", "epochs=300", "backbone=resnet18"])
     assert long_run.schedule.warmup_epochs == 10.0
-    mine = load_config(None, ["method=simsiam", "lr=0.1", "schedule.warmup_epochs=2"])
+    mine = load_config(
+        None, ["method=simsiam", "lr=0.1", "schedule.warmup_epochs=2", "backbone=resnet18"]
+    )
     assert (mine.optim.name, mine.optim.lr, mine.schedule.warmup_epochs) == ("sgd", 0.1, 2.0)
     assert mine.optim.weight_decay == 1e-4
     # the recipe's lr and weight decay are for its own optimizer only
-    msg = error(None, ["method=simsiam", "optim=lars", "lr=0.1"])
+    msg = error(None, ["method=simsiam", "optim=lars", "lr=0.1", "backbone=resnet18"])
     assert "'optim.weight_decay' is not set and method 'simsiam' with optimizer 'lars'" in msg
     assert "optim.lr'" not in msg
     assert set(RECIPES) == {"simclr", "moco_v2", "moco_v3", "byol", "simsiam"}
@@ -110,7 +120,10 @@ def test_recipes_only_fill_none_and_resolve_false_keeps_them() -> None:
 
 
 def test_saved_config_loads_back_equal(tmp_path) -> None:
-    cfg = load_config(None, ["method=moco_v3", "optim.betas=[0.9,0.95]", "data.root=/d", "seed=3"])
+    cfg = load_config(
+        None,
+        ["method=moco_v3", "optim.betas=[0.9,0.95]", "data.root=/d", "seed=3", "backbone=resnet18"],
+    )
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml", []) == cfg
     assert load_config(tmp_path / "config.yaml", [], resolve=False) == cfg

@@ -115,7 +115,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(5, "training epochs")
+    epochs: int = _f(4, "training epochs")
     batch_size: int = _f(256, "global batch size (all devices, all accumulation steps)")
     accumulate: int = _f(1, "gradient accumulation steps per optimizer step")
     precision: str = _f("fp32", "fp32, bf16 or fp16 (autocast; fp16 adds a gradient scaler)")
@@ -123,7 +123,7 @@ class TrainConfig:
     devices: int = _f(1, "processes / GPUs to train on")
     device: str = _f("auto", "auto (cuda if available), cpu or cuda")
     compile: bool = _f(False, "torch.compile the model")
-    channels_last: bool = _f(False, "channels-last memory format (faster convs on GPU)")
+    channels_last: bool = _f(True, "channels-last memory format (faster convs on GPU)")
     sync_bn: bool | None = _f(None, "synchronise BatchNorm across devices (None: method default)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (for tests)")
     checkpoint_every_steps: int = _f(500, "write last.pt every N steps (0: only at epoch end)")
@@ -137,7 +137,7 @@ class MonitorConfig:
     knn_max_train: int | None = _f(None, "subsample the kNN memory bank to this many images")
     health: bool = _f(True, "log embedding health: effective rank, std, alignment, uniformity")
     online_probe: bool = _f(False, "train a linear probe on detached features alongside")
-    collapse_rank_threshold: float = _f(0.05, "warn when effective rank / dim falls below this")
+    collapse_rank_threshold: float = _f(0.01, "warn when effective rank / dim falls below this")
     nan_policy: str = _f("raise", "on a non-finite loss: raise (stop) or skip (skip the step)")
     log_every_steps: int = _f(50, "log training scalars every N steps")
 
@@ -192,6 +192,32 @@ RECIPES: dict[str, dict[str, Any]] = {
     "simsiam": {"optim.name": "sgd", "optim.lr": 0.05, "optim.weight_decay": 1e-4, "warmup": 0.0},
 }
 """Per-method training recipe (the papers' values) for fields left ``None``."""
+
+SMALL_BACKBONES = ("convnet",)
+"""Backbones trained with :data:`SMALL_RECIPE` instead of the papers' large-batch recipes."""
+
+SMALL_RECIPE: dict[str, Any] = {
+    "optim.name": "adamw", "optim.lr": 1e-3, "optim.weight_decay": 1e-4, "warmup": 0.25,
+}  # fmt: skip
+"""The CPU recipe for the small ConvNet at batch 256 (the default run). The papers' LARS
+settings assume thousands of images per batch on ResNets; on Fashion-MNIST with the ConvNet,
+AdamW (lr 1e-3, wd 1e-4), crops of at least 20% of the image and temperature 0.2 reached a
+higher validation kNN after 2 epochs than LARS with SimCLR's values (81.7% vs 81.2%; runs
+recorded in BENCHMARKS.md)."""
+
+SMALL_VIEWS_CROP_SCALE_MIN = 0.2
+SMALL_TEMPERATURE = 0.2
+
+
+def _fill_small_defaults(cfg: PretrainConfig) -> PretrainConfig:
+    """Crop scale and temperature of :data:`SMALL_RECIPE` where the user left them unset."""
+    views, method = dataclasses.replace(cfg.views), dataclasses.replace(cfg.method)
+    if views.crop_scale_min is None:
+        views.crop_scale_min = SMALL_VIEWS_CROP_SCALE_MIN
+    if method.temperature is None and method.name in ("simclr", "moco_v2", "moco_v3"):
+        method.temperature = SMALL_TEMPERATURE
+    return dataclasses.replace(cfg, views=views, method=method)
+
 
 WARMUP_MAX_FRACTION = 0.1
 """A recipe's warm-up is capped at this fraction of the run (papers train 100+ epochs)."""
@@ -421,6 +447,9 @@ def resolve_defaults(cfg: PretrainConfig) -> PretrainConfig:
     recipe = RECIPES.get(cfg.method.name)
     if recipe is None:
         return cfg
+    if cfg.backbone.name in SMALL_BACKBONES:
+        recipe = SMALL_RECIPE
+        cfg = _fill_small_defaults(cfg)
     optim = dataclasses.replace(cfg.optim)
     if optim.name is None:
         optim.name = recipe["optim.name"]

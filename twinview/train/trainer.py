@@ -24,6 +24,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(
             info.device.type, enabled=t.precision == "fp16" and info.device.type == "cuda"
         )
-        self.step, self.epoch = 0, 0
+        self.step, self.epoch, self.skipped_steps = 0, 0, 0
         self.monitors = Monitors(
             cfg.monitor,
             self.data,
@@ -364,6 +365,15 @@ class _Run:
             if micro % accumulate:
                 continue
             value = self._global_loss(out.loss)
+            if not math.isfinite(value) and self.cfg.monitor.nan_policy == "skip":
+                # Drop this step's gradients and go on (the same on every process).
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                if self.info.is_main:
+                    warnings.warn(
+                        f"non-finite loss at step {self.step + 1}; step skipped", stacklevel=1
+                    )
+                continue
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"the loss became {value} at step {self.step + 1} (epoch {self.epoch + 1}); "
@@ -432,6 +442,7 @@ class _Run:
             "steps": self.step,
             "epochs": self.epoch,
             "train_seconds_this_session": round(seconds, 1),
+            "skipped_steps": self.skipped_steps,
             "run_dir": str(self.run_dir),
         }
         if self.info.is_main:
