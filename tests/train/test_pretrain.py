@@ -65,7 +65,7 @@ def test_config_errors_fail_before_training(tmp_path, capsys):
 
 
 def test_print_config_and_help(capsys):
-    assert main(["pretrain", "--print-config", "method=byol"]) == 0
+    assert main(["pretrain", "--print-config", "method=byol", "backbone=resnet18"]) == 0
     out = capsys.readouterr().out
     assert "name: byol" in out and "lr: 0.2" in out
     with pytest.raises(SystemExit):
@@ -214,4 +214,32 @@ def test_online_probe_and_nan_stop(tmp_path, capsys):
     assert all(torch.equal(good[k], kept[k]) for k in good)
     # Resuming with another optimizer is refused with a message, not a KeyError deep in torch.
     assert _run(tmp_path, *base, "optim=sgd", "lr=0.1", "optim.weight_decay=0") == 2
-    assert "optim.name=lars" in capsys.readouterr().err
+    assert "optim.name=adamw" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["train.accumulate=2"], ["precision=bf16"]])
+def test_accumulation_and_bf16_on_cpu(tmp_path, extra):
+    args = ["epochs=1", "train.max_steps=2", "monitor.knn_every_epochs=0", "name=x", *extra]
+    assert _run(tmp_path, *args) == 0
+    summary = json.loads((tmp_path / "x" / "summary.json").read_text())
+    assert summary["steps"] == 2
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    ckpt = tmp_path / "term" / "checkpoints" / "last.pt"
+    args = ["epochs=50", "train.checkpoint_every_steps=0", "monitor.knn_every_epochs=0",
+            "monitor.log_every_steps=1", "name=term"]  # fmt: skip
+    proc = subprocess.Popen(_cli(tmp_path, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = tmp_path / "term" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break  # training is under way: the signal handlers are installed
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"stopped by signal" in out
+    state = load_checkpoint(ckpt)  # saved at the step it stopped, mid-epoch
+    assert 2 <= state["step"] < 50 * 9
