@@ -113,7 +113,8 @@ def write_embeddings(
     return path
 
 
-def _run_config(run: Path) -> Path | None:
+def run_config_path(run: Path) -> Path | None:
+    """The config.yaml of a run directory (or of the run a checkpoint / backbone file is in)."""
     folder = run if run.is_dir() else run.parent
     for candidate in (folder, folder.parent):
         if (candidate / "config.yaml").is_file():
@@ -127,7 +128,7 @@ def _load_source(run: Path, data: str | None, split: str, channels: int) -> Any:
 
     kwargs: dict[str, Any] = {}
     if data is None:
-        config = _run_config(run)
+        config = run_config_path(run)
         if config is None:
             raise ValueError(
                 f"'{run}' has no config.yaml to take the dataset from; pass data=NAME_OR_FOLDER"
@@ -174,12 +175,11 @@ def embed(
     Images are fed as in training: scaled to [0, 1], resized to the spec's ``image_size``
     (folders: shorter side, then a centre crop), normalised with its ``mean`` / ``std``.
     """
-    from torchvision.transforms.v2 import functional as TF
 
     from twinview.data import ordered_batches
     from twinview.eval.features import extract_features_and_labels
     from twinview.export import load_backbone
-    from twinview.train.build import eval_transform
+    from twinview.train.build import eval_transform, square_crop
 
     out = Path(out).expanduser()
     suffix = _check_suffix(out)  # fail before the work, not after
@@ -193,10 +193,7 @@ def embed(
     mean = spec.get("mean") or [0.0] * c
     std = spec.get("std") or [1.0] * c
 
-    def square(image: Tensor) -> Tensor:  # uint8 (C, H, W) -> (C, size, size)
-        return TF.center_crop(TF.resize(image, size), [size, size])
-
-    transform = None if hasattr(source, "images") else square
+    transform = None if hasattr(source, "images") else square_crop(size)
     batches = ordered_batches(source, batch_size, device, transform=transform)
     features, labels = extract_features_and_labels(
         backbone,

@@ -70,25 +70,15 @@ class EvalData:
     num_classes: int
 
 
-def _square(size: int):
-    """uint8 (C, H, W) -> (C, size, size): shorter side resized, centre crop (as ``embed``)."""
-    from torchvision.transforms.v2 import functional as TF
-
-    def transform(image: Tensor) -> Tensor:
-        return TF.center_crop(TF.resize(image, size), [size, size])
-
-    return transform
-
-
 def load_eval_data(
     run: Path, *, data: str | None, root: str | None, val_fraction: float | None, channels: int
 ) -> EvalData:
     """Train / validation / evaluation splits of ``data`` (default: the run's own dataset)."""
-    from twinview.embed import _run_config
+    from twinview.embed import run_config_path
     from twinview.train.build import build_data
     from twinview.train.config import load_config
 
-    config = _run_config(run)
+    config = run_config_path(run)
     if data is None and config is None:
         raise ValueError(f"'{run}' has no config.yaml to take the dataset from; pass data=NAME")
     cfg = load_config(config)  # the defaults when there is no config.yaml
@@ -145,7 +135,9 @@ def load_eval_data(
 def _batches(
     source: Any, size: int, batch_size: int, device: torch.device, num_workers: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    transform = None if hasattr(source, "images") else _square(size)
+    from twinview.train.build import square_crop
+
+    transform = None if hasattr(source, "images") else square_crop(size)
     kwargs = {"transform": transform, "num_workers": num_workers}
     for batch in ordered_batches(source, batch_size, device, **kwargs):
         yield batch.views[0], batch.labels

@@ -110,6 +110,20 @@ def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]):
     return transform
 
 
+def square_crop(size: int):
+    """uint8 (C, H, W) of any size -> (C, size, size): shorter side resized, centre crop.
+
+    How images of a folder (mixed sizes) are brought to the backbone's input size for
+    evaluation and embedding.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    def transform(image: Tensor) -> Tensor:
+        return TF.center_crop(TF.resize(image, size), [size, size])
+
+    return transform
+
+
 METHOD_KEYS = {
     "temperature": "temperature",
     "proj_hidden_dim": "hidden_dim",
@@ -132,8 +146,7 @@ def method_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
             continue
         if arg not in accepted:
             raise ConfigError(
-                f"config key 'method.{key}' does not apply to method '{cfg.method.name}'; "
-                "remove it"
+                f"config key 'method.{key}' does not apply to method '{cfg.method.name}'; remove it"
             )
         kwargs[arg] = value
     return kwargs
