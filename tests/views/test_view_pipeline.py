@@ -255,6 +255,27 @@ def test_worker_geometry_then_device_photometry() -> None:
     assert all(o.dtype == torch.float32 and o.isfinite().all() for o in outs)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("preset", ["simclr", "byol"])
+def test_photometry_on_uint8_equals_photometry_on_float(preset: str, channels: int) -> None:
+    """The uint8 entry (image-folder batches) gives the views of the same images as float / 255,
+    with the same random parameters: same seed, same views."""
+    views = build_views(preset, size=24)
+    batches = [_images(12, channels, 24, seed=s) for s in (5, 6)]
+    from_u8 = views.photometry(batches, torch.Generator().manual_seed(9))
+    from_float = views.photometry(
+        [b.float() / 255 for b in batches], torch.Generator().manual_seed(9)
+    )
+    for u, f, b, spec in zip(from_u8, from_float, batches, views.specs):
+        assert u.dtype == f.dtype == torch.float32
+        assert u.shape == f.shape == (12, spec.out_channels(channels), 24, 24)
+        torch.testing.assert_close(u, f, rtol=0.0, atol=1e-5)
+        # the colour ops did run: not just the normalised input
+        assert not torch.allclose(u, _normalized(b, spec).expand_as(u), atol=1e-3)
+    # inputs untouched (photometry works on its own copy)
+    assert torch.equal(batches[0], _images(12, channels, 24, seed=5))
+
+
 def test_rotation_rotates() -> None:
     x = torch.full((4, 1, 16, 16), 255, dtype=torch.uint8)
     (out,) = MultiView([ViewSpec(16, **{**OFF, **WHOLE}, rotation=45.0)])(x)
