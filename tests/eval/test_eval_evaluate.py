@@ -30,15 +30,6 @@ SPEC = {
 N = 100  # synthetic images per split
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: one intra-op thread avoids OpenMP contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_run(folder, config=True):
     """A run directory: a convnet backbone (not the random-init baseline's seed) + config."""
     torch.manual_seed(7)

@@ -11,15 +11,6 @@ from twinview.eval.finetune import finetune, light_augment
 from twinview.nn.backbones import build_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: one intra-op thread avoids OpenMP contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def dark_or_bright(n: int, seed: int, size: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     """Class 0: dark noisy images, class 1: bright ones (uint8 (n, 3, size, size)), balanced."""
     g = torch.Generator().manual_seed(seed)

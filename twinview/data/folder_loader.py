@@ -18,7 +18,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from twinview.data.batch import Batch
-from twinview.data.sampling import epoch_indices, make_generator, mix_seed, num_batches
+from twinview.data.sampling import (
+    EpochPosition,
+    epoch_indices,
+    make_generator,
+    mix_seed,
+    num_batches,
+)
 
 GeometryFn = Callable[[Tensor, torch.Generator], list[Tensor]]
 PhotometryFn = Callable[[list[Tensor], torch.Generator], list[Tensor]]
@@ -83,7 +89,7 @@ def _collate(samples: list[tuple[list[Tensor], int, int, list[str]]]):
     return views, labels, index, failed
 
 
-class FolderLoader:
+class FolderLoader(EpochPosition):
     """Batches of (views, labels, index) decoded by DataLoader workers; same interface as
     :class:`~twinview.data.memory_loader.InMemoryLoader` (epochs, ``state_dict``, resume).
 
@@ -160,18 +166,6 @@ class FolderLoader:
         """Batches per epoch on this rank."""
         n_local = len(self.source) // self.world_size
         return num_batches(n_local, self.batch_size, self._sampler.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` at its first batch; no-op when already in that epoch."""
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "position"}``: position = batches of this epoch already yielded."""
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, pos = self.epoch, self.position

@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from twinview.data.batch import Batch
-from twinview.data.sampling import epoch_indices, make_generator, num_batches
+from twinview.data.sampling import EpochPosition, epoch_indices, make_generator, num_batches
 
 ViewsFn = Callable[[Tensor, torch.Generator], list[Tensor]]
 
 
-class InMemoryLoader:
+class InMemoryLoader(EpochPosition):
     """Batches of (views, labels, index) from a uint8 image tensor kept on ``device``.
 
     Args:
@@ -83,18 +83,6 @@ class InMemoryLoader:
         """Batches per epoch on this rank."""
         n_local = self.images.shape[0] // self.world_size
         return num_batches(n_local, self.batch_size, self.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` at its first batch; no-op when already in that epoch."""
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "position"}``: position = batches of this epoch already yielded."""
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start, total = self.epoch, self.position, len(self)

@@ -70,3 +70,25 @@ def num_batches(n_local: int, batch_size: int, drop_last: bool) -> int:
 def make_generator(device: torch.device | str, *values: int) -> torch.Generator:
     """A generator on ``device`` seeded with ``mix_seed(*values)``."""
     return torch.Generator(device=torch.device(device)).manual_seed(mix_seed(*values))
+
+
+class EpochPosition:
+    """Where a loader is: ``epoch`` and ``position`` (batches of that epoch already yielded).
+
+    Shared by both loaders; its state dict is what checkpoints store for exact resume.
+    """
+
+    epoch: int = 0
+    position: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` at its first batch; no-op when already in that epoch."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "position"}``: position = batches of this epoch already yielded."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
