@@ -161,19 +161,39 @@ class Timing:
 
 
 class TwinviewRunner:
-    """The trainer's step (twinview/train/trainer.py ``_Run._epoch``) on the in-memory loader."""
+    """The trainer's step (twinview/train/trainer.py ``_Run._epoch``) on twinview's loader.
 
-    def __init__(self, p: Prepared, precision: str) -> None:
+    ``mode``: ``"memory"`` (the whole split on ``device``, views made there batched) or
+    ``"folder"`` (decoding + geometry in ``num_workers`` processes, photometry on ``device``).
+    ``compile``: ``torch.compile`` the method, as ``train.compile=true`` does.
+    """
+
+    def __init__(
+        self,
+        p: Prepared,
+        precision: str,
+        *,
+        device: str = "cpu",
+        compile: bool = False,
+        mode: str = "memory",
+        num_workers: int = 2,
+    ) -> None:
         cfg = p.cfg
         torch.manual_seed(0)
         self.precision, self.channels_last = precision, cfg.train.channels_last
-        self.device = torch.device("cpu")
+        self.device = torch.device(device)
         self.spec = backbone_spec(cfg, p.channels, p.size, p.views)
         self.method = build_model(cfg, self.spec, self.device, world_size=1)
+        self.model: Any = torch.compile(self.method) if compile else self.method
         self.optimizer = build_run_optimizer(cfg, self.method)
         self.batch = cfg.train.batch_size
         self.loader = build_loader(
-            p.train, batch_size=self.batch, views=p.views, device=self.device, mode="memory"
+            p.train,
+            batch_size=self.batch,
+            views=p.views,
+            device=self.device,
+            mode=mode,
+            num_workers=num_workers,
         )
         self.step, self.total, self.epoch = 0, 10_000, 0
         self.batches = self._forever()
@@ -192,7 +212,7 @@ class TwinviewRunner:
             views = batch.views
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            out = self.method(views)
+            out = self.model(views)
         out.loss.backward()
         value = out.loss.item()
         assert np.isfinite(value), f"twinview loss became {value}"
@@ -347,7 +367,7 @@ class LightlyRunner:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LIGHTLY_LR)
         self.batch = p.cfg.train.batch_size
         self.dataset = PILImages(p.train.images, lightly_transform(method, p))
-        self.step, self.total = 0, 10_000
+        self.step, self.total, self.last_loss = 0, 10_000, float("nan")
 
     def train_step(self, it: Iterator) -> tuple[float, float]:
         from lightly.models.utils import update_momentum
@@ -375,7 +395,7 @@ class LightlyRunner:
             z0, p0 = m(x0)
             z1, p1 = m(x1)
             loss = 0.5 * (self.criterion(z0, p1) + self.criterion(z1, p0))
-        value = loss.item()
+        value = self.last_loss = loss.item()
         assert np.isfinite(value), f"lightly loss became {value}"
         loss.backward()
         self.optimizer.step()

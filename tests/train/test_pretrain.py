@@ -262,3 +262,17 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert b"stopped by signal" in out
     state = load_checkpoint(ckpt)  # saved at the step it stopped, mid-epoch
     assert 2 <= state["step"] < 50 * 9
+
+
+def test_a_warmup_longer_than_the_run_warms_up_over_the_whole_run(tmp_path):
+    """max_steps shorter than the warm-up (a smoke run) must not crash the lr schedule."""
+    args = [
+        "epochs=1",
+        "train.max_steps=3",
+        "schedule.warmup_epochs=1",
+        "monitor.log_every_steps=1",
+    ]
+    assert _run(tmp_path, *args, "monitor.knn_every_epochs=0", "name=w") == 0
+    lines = (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+    lrs = [json.loads(x)["lr"] for x in lines if json.loads(x)["kind"] == "train"]
+    assert len(lrs) == 3 and 0 < lrs[0] < lrs[1] < lrs[2]

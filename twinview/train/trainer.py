@@ -214,7 +214,8 @@ class _Run:
         if t.max_steps is not None:
             self.total_steps = min(self.total_steps, t.max_steps)
         warmup_epochs = cfg.schedule.warmup_epochs or 0.0
-        self.warmup_steps = round(warmup_epochs * self.steps_per_epoch)
+        # A warm-up longer than the run (short runs, max_steps) warms up over the whole run.
+        self.warmup_steps = min(round(warmup_epochs * self.steps_per_epoch), self.total_steps)
         self.precision = effective_precision(t.precision, info.device)
         self.scaler = torch.amp.GradScaler(
             info.device.type, enabled=t.precision == "fp16" and info.device.type == "cuda"
