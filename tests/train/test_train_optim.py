@@ -164,6 +164,31 @@ def test_build_optimizer_sgd_step_matches_torch() -> None:
         torch.testing.assert_close(p, q)
 
 
+def test_build_optimizer_uses_fused_kernels_with_the_foreach_update() -> None:
+    """SGD and AdamW come fused where torch has the kernel (CPU since 2.4): ~4x faster steps
+    on the CPU; the update must match torch's default (foreach) implementation."""
+    for name, cls, kwargs in [
+        ("sgd", torch.optim.SGD, {"momentum": 0.9}),
+        ("adamw", torch.optim.AdamW, {"betas": (0.9, 0.999)}),
+    ]:
+        a, b = small_net(), small_net()
+        opt_a = build_optimizer(decay_groups(a.named_parameters(), 0.05), name=name, lr=0.01,
+                                weight_decay=0.05)  # fmt: skip
+        assert opt_a.defaults.get("fused") is True
+        decay = [p for n, p in b.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in b.named_parameters() if p.ndim <= 1]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt_b = cls(groups, lr=0.01, weight_decay=0.05, foreach=True, **kwargs)
+        for step in range(5):
+            fake_grads(a, step)
+            fake_grads(b, step)
+            opt_a.step()
+            opt_b.step()
+        for p, q, start in zip(a.parameters(), b.parameters(), small_net().parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+            assert not torch.equal(p, start)  # the step did move the weights
+
+
 def test_build_optimizer_unknown_name() -> None:
     with pytest.raises(ValueError, match="unknown optimizer 'adam'; valid optimizers: sgd, adamw"):
         build_optimizer([{"params": [nn.Parameter(torch.ones(1))]}], name="adam", lr=1,

@@ -98,6 +98,21 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def _fused(cls: type[torch.optim.Optimizer], groups: list[dict], **kwargs: Any) -> Any:
+    """``cls(groups, fused=True)`` where this torch has a fused kernel for the parameters'
+    device (CPU since torch 2.4, CUDA), else the default (foreach) implementation. The fused
+    AdamW step is ~4x faster than foreach on a 2-core CPU for the 11 M parameters of SimSiam's
+    ConvNet + heads (benchmarks/throughput.py; the optimizer was ~15% of the step); same
+    update rule, so results agree to float rounding."""
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.is_floating_point() for p in params):
+        try:
+            return cls(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # no fused kernel for this device / dtype / torch version
+    return cls(groups, **kwargs)
+
+
 def scale_lr(base_lr: float, batch_size: int, *, rule: str, reference: int = 256) -> float:
     """The learning rate for ``batch_size`` from ``base_lr`` given for ``reference`` images.
 
@@ -146,9 +161,10 @@ def build_optimizer(
         g.setdefault("lars_exclude", False)
         groups.append(g)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return _fused(torch.optim.SGD, groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        betas_ = tuple(betas)
+        return _fused(torch.optim.AdamW, groups, lr=lr, betas=betas_, weight_decay=weight_decay)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
     raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
