@@ -130,9 +130,16 @@ def main(argv: list[str] | None = None) -> None:
         if not torch.cuda.is_available():
             parser.error("--device cuda but no CUDA GPU is visible (use --device cpu to check)")
         fast_cuda_kernels()
-    methods = args.methods.split(",")
-    kinds = args.data.split(",")
-    compiles = [c == "on" for c in args.compile.split(",")]
+    methods, kinds, switches = (x.split(",") for x in (args.methods, args.data, args.compile))
+    for flag, values, valid in (
+        ("--methods", methods, ("simclr", "moco_v2", "moco_v3", "byol", "simsiam")),
+        ("--data", kinds, ("memory", "folder")),
+        ("--compile", switches, ("off", "on")),
+    ):
+        for v in values:
+            if v not in valid:
+                parser.error(f"{flag}: unknown value {v!r}; choose from {', '.join(valid)}")
+    compiles = [c == "on" for c in switches]
     folder = Path(args.folder)
     if "folder" in kinds:
         t0 = time.perf_counter()
