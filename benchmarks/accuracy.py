@@ -20,7 +20,7 @@ plus the raw-pixel and random-init baselines (scored once: they do not depend on
 
     python benchmarks/accuracy.py [--epochs 4] [--methods simclr,moco_v2,byol,simsiam]
         [--libraries twinview,lightly] [--threads 2] [--seeds 1] [--linear-epochs 100]
-        [--work DIR] [--out FILE.md] [--max-steps N (smoke test)]
+        [--seed 0] [--work DIR] [--out FILE.md] [--max-steps N (smoke test)]
 
 Results are appended to ``DIR/results.jsonl`` as each model finishes (a rerun skips what is
 there, so an interrupted benchmark resumes), and the table is printed at the end.
@@ -54,13 +54,14 @@ LIBRARIES = ("twinview", "lightly")
 SETTING = Setting("convnet", "fashion_mnist", [], 256)
 
 
-def train_twinview(method: str, epochs: int, work: Path, max_steps: int | None) -> Path:
+def train_twinview(method: str, epochs: int, work: Path, max_steps: int | None, seed: int) -> Path:
     """``twinview pretrain`` with the shipped Fashion-MNIST recipe; returns the run directory."""
     path = ROOT.parent / "configs" / "fashion_mnist" / f"{method}.yaml"
     cfg = load_config(
         path,
         [
             f"train.epochs={epochs}",
+            f"train.seed={seed}",
             "monitor.knn_every_epochs=0",
             f"output.dir={work / 'twinview'}",
             f"output.name={method}",
@@ -72,10 +73,10 @@ def train_twinview(method: str, epochs: int, work: Path, max_steps: int | None) 
     return Path(summary["run_dir"])
 
 
-def train_lightly(method: str, epochs: int, work: Path, max_steps: int | None) -> Path:
+def train_lightly(method: str, epochs: int, work: Path, max_steps: int | None, seed: int) -> Path:
     """lightly's example loop for ``epochs`` epochs; returns the saved backbone file."""
     p = prepare(SETTING, method, {})
-    runner = LightlyRunner(method, p)
+    runner = LightlyRunner(method, p, seed)  # seeds the model, then data order and views
     loader = DataLoader(
         runner.dataset, batch_size=runner.batch, shuffle=True, drop_last=True, num_workers=2
     )
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--linear-epochs", type=int, default=100)
     parser.add_argument("--work", default="runs/accuracy-benchmark", help="runs and results")
     parser.add_argument("--out", default=None, help="also write the table (Markdown)")
+    parser.add_argument("--seed", type=int, default=0, help="pretraining seed, both sides")
     parser.add_argument("--max-steps", type=int, default=None, help="smoke test: stop early")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     import lightly
 
     budget = f"epochs{args.epochs}" + ("" if args.max_steps is None else f"-steps{args.max_steps}")
+    budget += "" if args.seed == 0 else f"-seed{args.seed}"
     work = Path(args.work) / budget
     work.mkdir(parents=True, exist_ok=True)
     results_file = work / "results.jsonl"
@@ -187,9 +190,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== {library} {method}: pretraining {args.epochs} epoch(s)", flush=True)
             start = time.perf_counter()
             if library == "twinview":
-                target = train_twinview(method, args.epochs, work, args.max_steps)
+                target = train_twinview(method, args.epochs, work, args.max_steps, args.seed)
             else:
-                target = train_lightly(method, args.epochs, work, args.max_steps)
+                target = train_lightly(method, args.epochs, work, args.max_steps, args.seed)
             seconds = time.perf_counter() - start
             need_baselines = not any("baselines" in d for d in done)
             result = score(

@@ -28,7 +28,9 @@ Settings:
 - ``resnet18``: ResNet-18 with the CIFAR stem, Fashion-MNIST resized to 32 px and expanded to
   **3 channels** (``data.image_size=32 data.channels=3``; lightly gets the same RGB uint8
   images as PIL), on the first ``--subset`` training images, batch ``--resnet-batch``,
-  recipes ``configs/cifar10/<method>.yaml`` (bf16 autocast by default; fp32 also timed).
+  recipes ``configs/cifar10/<method>.yaml`` (bf16 autocast, which the trainer, and so this
+  benchmark, replaces with fp32 on a CPU without native bf16; when bf16 does run, fp32 is
+  also timed).
 
 Each (setting, method) runs ``--rounds`` rounds of twinview, [twinview fp32,] lightly,
 interleaved so the contenders share machine noise; each round is ``--warmup`` untimed steps
@@ -52,6 +54,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +83,7 @@ from twinview.train.build import (  # noqa: E402
 )
 from twinview.train.config import PretrainConfig, load_config  # noqa: E402
 from twinview.train.schedules import apply_lr  # noqa: E402
-from twinview.train.trainer import _autocast  # noqa: E402
+from twinview.train.trainer import _autocast, effective_precision  # noqa: E402
 from twinview.views import MultiView, ViewSpec  # noqa: E402
 
 METHOD_NAMES = ("simclr", "moco_v2", "byol", "simsiam")
@@ -344,10 +347,10 @@ class LightlyModel(nn.Module):
 class LightlyRunner:
     """lightly's example training loop, one step at a time."""
 
-    def __init__(self, method: str, p: Prepared) -> None:
+    def __init__(self, method: str, p: Prepared, seed: int = 0) -> None:
         from lightly.loss import NegativeCosineSimilarity, NTXentLoss
 
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         spec = backbone_spec(p.cfg, p.channels, p.size, p.views)
         backbone, dim = build_backbone(
             spec["name"], in_channels=spec["in_channels"], cifar_stem=spec["cifar_stem"],
@@ -445,7 +448,12 @@ class Row:
 
 def bench(setting: Setting, method: str, args: argparse.Namespace, cache: dict) -> Row:
     p = prepare(setting, method, cache)
-    precision = p.cfg.train.precision if args.precision == "default" else "fp32"
+    # "default" is what the trainer runs: the recipe's precision, or fp32 where this CPU has no
+    # native bf16 (effective_precision falls back, with a warning).
+    recipe = p.cfg.train.precision if args.precision == "default" else "fp32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        precision = effective_precision(recipe, torch.device("cpu"))
     contenders: dict[str, Any] = {"twinview": TwinviewRunner(p, precision)}
     if precision != "fp32":
         contenders["twinview fp32"] = TwinviewRunner(p, "fp32")
