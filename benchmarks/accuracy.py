@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from throughput import METHOD_NAMES, LightlyRunner, Setting, prepare  # noqa: E402
+from throughput import METHOD_NAMES, LightlyRunner, Setting, cpu_name, prepare  # noqa: E402
 
 from twinview.eval.evaluate import evaluate  # noqa: E402
 from twinview.export import save_backbone  # noqa: E402
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         done = [json.loads(line) for line in results_file.read_text().splitlines() if line]
     env = (
         f"torch {torch.__version__}, lightly {lightly.__version__}, "
-        f"{platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"{cpu_name()}, {args.threads} threads, "
         f"{args.epochs} epochs, linear probe {args.linear_epochs} epochs x {args.seeds} seed(s)"
     )
     print(env, flush=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from throughput import Prepared, TwinviewRunner  # noqa: E402
+from throughput import Prepared, TwinviewRunner, cpu_name  # noqa: E402
 
 from twinview.data import ArraySource, ImageFolder, SyntheticShapes, build_loader  # noqa: E402
 from twinview.train.build import build_run_views  # noqa: E402
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     shape = (args.images, 3, args.jpeg_size, args.jpeg_size)
     memory = ArraySource(torch.randint(0, 256, shape, generator=g, dtype=torch.uint8))
     sources = {"memory": memory, "folder": ImageFolder(folder) if "folder" in kinds else None}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     env = (
         f"torch {torch.__version__}, {name}, {args.backbone} {args.size} px, batch {args.batch}, "
         f"{args.precision}, channels-last, {args.workers} decoding workers, {args.steps} timed "

@@ -101,6 +101,17 @@ class Setting:
     subset: int | None = None
 
 
+def cpu_name() -> str:
+    """The CPU model, for result headers (``platform.processor()`` is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def settings(resnet_batch: int, subset_size: int) -> dict[str, Setting]:
     return {
         "convnet": Setting("convnet", "fashion_mnist", [], 256),
@@ -525,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     import lightly
 
     env = (
-        f"torch {torch.__version__}, lightly {lightly.__version__}, {platform.processor() or '?'}"
+        f"torch {torch.__version__}, lightly {lightly.__version__}, {cpu_name()}"
         f", {args.threads} threads, steps {args.steps} (+{args.warmup} warm-up) x "
         f"{args.rounds} rounds, medians"
     )
