@@ -62,7 +62,9 @@ def simclr_projector(
 
     in_dim -> 2048 -> 128 with BN + ReLU in the hidden layer (the ImageNet code uses BN there).
     SimCLR v2 (Chen et al. 2020b) uses ``num_layers=3``. The official TF code also applies a
-    BN without shift to the output; it is left out here (as in lightly).
+    BN without shift to the output, and lightly's ``SimCLRProjectionHead`` an affine one; it is
+    left out here: on Fashion-MNIST (ConvNet, 2 epochs) validation kNN was the same with and
+    without it (82.00% vs 81.98%, issue 7).
     """
     _check_layers(num_layers, "simclr_projector")
     return mlp([in_dim, *[hidden_dim] * (num_layers - 1), out_dim])
