@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from throughput import METHOD_NAMES, LightlyRunner, Setting, cpu_name, prepare  # noqa: E402
+from machine import cpu_name  # noqa: E402
+from throughput import METHOD_NAMES, LightlyRunner, Setting, prepare  # noqa: E402
 
 from twinview.eval.evaluate import evaluate  # noqa: E402
 from twinview.export import save_backbone  # noqa: E402

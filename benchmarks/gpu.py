@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from throughput import Prepared, TwinviewRunner, cpu_name  # noqa: E402
+from machine import cpu_name  # noqa: E402
+from throughput import Prepared, TwinviewRunner  # noqa: E402
 
 from twinview.data import ArraySource, ImageFolder, SyntheticShapes, build_loader  # noqa: E402
 from twinview.train.build import build_run_views  # noqa: E402

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name
 from PIL import Image
 
 from twinview.data import FolderLoader, ImageFolder, SyntheticShapes, build_loader
@@ -192,7 +192,7 @@ def main() -> None:
     record(name, f"{step_rate:,.0f} img/s (best step {step_best:,.0f})")
 
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{cpu_name()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", torch threads {torch.get_num_threads()}"

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
-import platform
 import statistics
 import sys
 import time
@@ -67,6 +66,8 @@ from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import cpu_name  # noqa: E402
 
 from twinview.data import build_loader, subset  # noqa: E402
 from twinview.methods import METHODS  # noqa: E402
@@ -99,17 +100,6 @@ class Setting:
     overrides: list[str]
     batch_size: int
     subset: int | None = None
-
-
-def cpu_name() -> str:
-    """The CPU model, for result headers (``platform.processor()`` is often empty)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def settings(resnet_batch: int, subset_size: int) -> dict[str, Setting]:

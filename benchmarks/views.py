@@ -22,7 +22,6 @@ sets the intra-op threads of the main process for every contender (DataLoader wo
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import cpu_name
 
 from twinview.views import IMAGENET_MEAN, IMAGENET_STD, MultiView, build_views
 
@@ -179,7 +180,7 @@ def main() -> None:
     ours = median["twinview (in-memory, batched)"]
     print(
         f"2 SimCLR views of {SIZE}x{SIZE} RGB, batch {args.batch}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        f"{torch.get_num_threads()} threads, {cpu_name()}"
     )
     print("| pipeline | images/s (median) | twinview is x faster |")
     print("|---|---:|---:|")
