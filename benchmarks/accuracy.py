@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 from machine import cpu_name  # noqa: E402
 from throughput import METHOD_NAMES, LightlyRunner, Setting, prepare  # noqa: E402
 
+from twinview.config import load_config  # noqa: E402
 from twinview.eval.evaluate import evaluate  # noqa: E402
 from twinview.export import save_backbone  # noqa: E402
 from twinview.train.build import backbone_spec  # noqa: E402
-from twinview.train.config import load_config  # noqa: E402
 from twinview.train.trainer import pretrain  # noqa: E402
 
 LIBRARIES = ("twinview", "lightly")

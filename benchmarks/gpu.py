@@ -46,11 +46,11 @@ sys.path.insert(0, str(ROOT))
 from machine import cpu_name  # noqa: E402
 from throughput import Prepared, TwinviewRunner  # noqa: E402
 
+from twinview.config import load_config  # noqa: E402
 from twinview.data import ArraySource, ImageFolder, SyntheticShapes, build_loader  # noqa: E402
+from twinview.devices import fast_cuda_kernels  # noqa: E402
 from twinview.train.build import build_run_views  # noqa: E402
-from twinview.train.config import load_config  # noqa: E402
-from twinview.train.setup import fast_cuda_kernels  # noqa: E402
-from twinview.train.trainer import _autocast  # noqa: E402
+from twinview.train.precision import autocast  # noqa: E402
 
 
 def make_jpeg_folder(folder: Path, n: int, size: int, workers: int) -> Path:
@@ -87,7 +87,7 @@ def step_flops(runner: TwinviewRunner) -> float:
     if runner.channels_last:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     counter = FlopCounterMode(display=False)
-    with counter, _autocast(runner.precision, runner.device):
+    with counter, autocast(runner.precision, runner.device):
         out = runner.method(views)
         out.loss.backward()
     runner.optimizer.zero_grad(set_to_none=True)

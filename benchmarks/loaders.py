@@ -28,16 +28,15 @@ import torch
 from machine import cpu_name
 from PIL import Image
 
+from twinview.config import PretrainConfig, resolve_defaults
 from twinview.data import FolderLoader, ImageFolder, SyntheticShapes, build_loader
+from twinview.run.data import build_data, view_size
 from twinview.train.build import (
     backbone_spec,
-    build_data,
     build_model,
     build_run_optimizer,
     build_run_views,
-    view_size,
 )
-from twinview.train.config import PretrainConfig, resolve_defaults
 from twinview.views import build_views
 
 

@@ -69,22 +69,21 @@ sys.path.insert(0, str(ROOT))
 
 from machine import cpu_name  # noqa: E402
 
+from twinview.config import PretrainConfig, load_config  # noqa: E402
 from twinview.data import build_loader, subset  # noqa: E402
 from twinview.methods import METHODS  # noqa: E402
 from twinview.nn import build_backbone  # noqa: E402
+from twinview.run.data import build_data, view_size  # noqa: E402
 from twinview.train.build import (  # noqa: E402
     backbone_spec,
-    build_data,
     build_model,
     build_run_optimizer,
     build_run_views,
     method_kwargs,
     normalization,
-    view_size,
 )
-from twinview.train.config import PretrainConfig, load_config  # noqa: E402
+from twinview.train.precision import autocast, effective_precision  # noqa: E402
 from twinview.train.schedules import apply_lr  # noqa: E402
-from twinview.train.trainer import _autocast, effective_precision  # noqa: E402
 from twinview.views import MultiView, ViewSpec  # noqa: E402
 
 METHOD_NAMES = ("simclr", "moco_v2", "byol", "simsiam")
@@ -212,7 +211,7 @@ class TwinviewRunner:
         t0 = time.perf_counter()
         batch = next(self.batches)
         t1 = time.perf_counter()
-        with _autocast(self.precision, self.device):
+        with autocast(self.precision, self.device):
             views = batch.views
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]

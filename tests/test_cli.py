@@ -45,7 +45,7 @@ def test_export_embed_report(run_dir, tmp_path, capsys):
     import twinview
 
     original = twinview.load_backbone(run_dir)
-    exported = twinview.load_backbone(out)
+    exported = twinview.load_backbone(out, torchscript=True)
     x = torch.randn(3, 3, 16, 16)
     assert torch.equal(original(x), exported(x))
 
@@ -67,3 +67,45 @@ def test_user_errors_are_one_line_not_tracebacks(run_dir, capsys):
     assert "/no/such/folder" in capsys.readouterr().err
     assert main(["export", str(run_dir), "format=gif"]) == 2
     assert main(["frobnicate"]) == 2
+
+
+def test_more_user_errors_name_the_key_and_come_before_compute(run_dir, tmp_path, capsys):
+    import twinview.export
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)))
+    cases = [
+        (["embed", str(run_dir), "out=e.npy", "batch_size=abc"], "batch_size must be a whole"),
+        (["embed", str(run_dir), "out=e.npy", "batch_size=0"], "batch_size must be positive"),
+        (["embed", str(run_dir), f"out={tmp_path}"], "is a folder"),
+        (["embed", str(run_dir), f"out={blocker}/e.npy"], "cannot create its folder"),
+        (["eval", str(run_dir), f"out={blocker}/eval.json"], "cannot create its folder"),
+        (["eval", str(run_dir), "seeds=two"], "seeds must be a whole number"),
+        (["eval", str(run_dir), "baselines=maybe"], "baselines must be true or false"),
+        (["pretrain", "backbone=timm:"], "backbone.name"),
+        (["pretrain", "--config", str(tmp_path)], "is a folder"),
+        (["pretrain", "--config", str(binary)], "not a text file"),
+        (["pretrain", f"output.dir={blocker}/runs", *TINY], "output.dir"),
+        (["pretrain", "batch_size=1", *TINY[:4]], "at least 2"),
+        (["pretrain", "data.image_size=1"], "data.image_size"),
+        (["pretrain", "views.size=10000"], "views.size"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["eval", str(run_dir), "device=cuda"], "device=cuda but no CUDA GPU"))
+
+    def no_compute(*args, **kwargs):  # output paths and options are checked before this
+        raise AssertionError("loaded a backbone before checking the arguments")
+
+    for argv, fragment in cases:
+        real = twinview.export.load_backbone
+        twinview.export.load_backbone = no_compute
+        try:
+            assert main(argv) == 2, argv
+        finally:
+            twinview.export.load_backbone = real
+        err = capsys.readouterr().err
+        assert err.startswith(f"twinview {argv[0]}: error:"), (argv, err)
+        assert fragment in err, (argv, err)
+        assert "Traceback" not in err

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from twinview.train.config import load_config
+from twinview.config import load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*/*.yaml"))
 

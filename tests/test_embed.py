@@ -124,7 +124,7 @@ def test_embed_folder_rows_order_labels_paths(tmp_path):
     np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-5)
 
     # Without data=..., the dataset comes from the run's config.yaml; .npy keeps the same rows.
-    from twinview.train.config import load_config, save_config
+    from twinview.config import load_config, save_config
 
     save_config(load_config(None, [f"data.dataset={root}"]), run / "config.yaml")
     npy = np.load(embed(run / "backbone.pt", out=tmp_path / "e.npy", device="cpu"))

@@ -6,6 +6,9 @@ twinview export   RUN [format=pt|torchvision|timm|torchscript|onnx|safetensors] 
 twinview embed    RUN [data=...] [split=train|test] out=FILE
 twinview eval     RUN [protocols=knn,linear,finetune] [seeds=N] [data=...] [out=FILE]
 twinview report   RUN
+
+Run files are data, never code: a TorchScript backbone is read only with torchscript=true,
+because loading one runs code from the file.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from twinview.train.checkpoint import CheckpointError
-from twinview.train.config import ConfigError
+from twinview.config import ConfigError
+from twinview.run.checkpoint import CheckpointError
+from twinview.run.directory import RunLocked
 from twinview.train.errors import TrainingDiverged
 
 USAGE = __doc__
 
 
 def _pretrain(argv: Sequence[str]) -> int:
-    from twinview.train.config import config_help, load_config, to_yaml
+    from twinview.config import config_help, load_config, to_yaml
 
     parser = argparse.ArgumentParser(
         prog="twinview pretrain",
@@ -46,7 +51,7 @@ def _pretrain(argv: Sequence[str]) -> int:
 
 
 def _views(argv: Sequence[str]) -> int:
-    from twinview.train.config import load_config
+    from twinview.config import load_config
 
     parser = argparse.ArgumentParser(
         prog="twinview views",
@@ -58,23 +63,28 @@ def _views(argv: Sequence[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    from twinview.train.build import build_data, build_run_views, view_size
+    from twinview.run.data import build_data, sample_images, view_size
+    from twinview.run.output import writable_file
+    from twinview.train.build import build_run_views
     from twinview.views import preview
 
+    out = writable_file(args.out, "--out")
     data = build_data(cfg)
     views = build_run_views(cfg, cfg.method.name, view_size(cfg, data))
-    images = data.train.images[: args.n] if hasattr(data.train, "images") else None
-    if images is None:
-        import torch
-
-        images = torch.stack([data.train[i][0] for i in range(min(args.n, len(data.train)))])
-    path = preview(images, views, args.out, n=args.n, seed=cfg.train.seed)
+    images = sample_images(data.train, args.n)
+    path = preview(images, views, out, n=args.n, seed=cfg.train.seed)
     print(f"wrote {path}")
     return 0
 
 
-def _kv(argv: Sequence[str], allowed: set[str], command: str) -> dict[str, str]:
-    out = {}
+TRUSTED = "torchscript"
+"""Option that allows TorchScript backbone files: loading one RUNS CODE FROM THE FILE."""
+
+
+def _options(argv: Sequence[str], allowed: dict[str, type], command: str) -> dict[str, Any]:
+    """``key=value`` arguments, each key one of ``allowed`` and converted to its type (int,
+    bool, str); a wrong key or value is a :class:`ConfigError` naming it."""
+    out: dict[str, Any] = {}
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in allowed:
@@ -82,39 +92,62 @@ def _kv(argv: Sequence[str], allowed: set[str], command: str) -> dict[str, str]:
                 f"twinview {command}: unexpected argument '{item}'; expected "
                 + ", ".join(f"{k}=..." for k in sorted(allowed))
             )
-        out[key] = value
+        kind = allowed[key]
+        if kind is int:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise ConfigError(
+                    f"twinview {command}: {key} must be a whole number, got '{value}'"
+                ) from None
+            if out[key] < (0 if key == "num_workers" else 1):
+                raise ConfigError(f"twinview {command}: {key} must be positive, got {value}")
+        elif kind is bool:
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ConfigError(f"twinview {command}: {key} must be true or false, got '{value}'")
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            out[key] = value
     return out
 
 
+def _usage(argv: Sequence[str], text: str) -> int | None:
+    """Print ``text`` for no arguments or -h / --help; the exit code, or None to go on."""
+    if argv and argv[0] not in ("-h", "--help"):
+        return None
+    print(text)
+    return 0 if argv else 2
+
+
 def _export(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: twinview export RUN [format=pt|torchvision|timm|torchscript|onnx|safetensors]"
-              " [out=FILE]")  # fmt: skip
-        return 0 if argv else 2
+    usage = (
+        "usage: twinview export RUN [format=pt|torchvision|timm|torchscript|onnx|safetensors] "
+        "[out=FILE] [torchscript=true: read a TorchScript file, which RUNS CODE FROM IT]"
+    )
+    if (code := _usage(argv, usage)) is not None:
+        return code
     from twinview.export import export
 
-    opts = _kv(argv[1:], {"format", "out"}, "export")
-    path = export(argv[0], format=opts.get("format", "pt"), out=opts.get("out"))
+    opts = _options(argv[1:], {"format": str, "out": str, TRUSTED: bool}, "export")
+    path = export(argv[0], **opts)
     print(f"wrote {path}")
     return 0
 
 
 def _embed(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: twinview embed RUN out=FILE.npy|FILE.parquet [data=...] [split=train|test]")
-        return 0 if argv else 2
+    usage = (
+        "usage: twinview embed RUN out=FILE.npy|FILE.parquet [data=...] [split=train|test] "
+        "[batch_size=N] [device=...] [torchscript=true: allow a TorchScript file (RUNS CODE)]"
+    )
+    if (code := _usage(argv, usage)) is not None:
+        return code
     from twinview.embed import embed
 
-    opts = _kv(argv[1:], {"data", "split", "out", "batch_size"}, "embed")
+    allowed = {"data": str, "split": str, "out": str, "batch_size": int, "device": str}
+    opts = _options(argv[1:], {**allowed, TRUSTED: bool}, "embed")
     if "out" not in opts:
         raise ConfigError("twinview embed: out=FILE is required (.npy or .parquet)")
-    path = embed(
-        argv[0],
-        data=opts.get("data"),
-        split=opts.get("split", "train"),
-        out=opts["out"],
-        batch_size=int(opts.get("batch_size", 512)),
-    )
+    path = embed(argv[0], **opts)
     print(f"wrote {path}")
     return 0
 
@@ -123,39 +156,37 @@ def _eval(argv: Sequence[str]) -> int:
     usage = (
         "usage: twinview eval RUN [protocols=knn,linear,finetune] [seeds=N] [data=...] "
         "[root=...] [baselines=true|false] [linear_epochs=N] [finetune_epochs=N] [device=...] "
-        "[out=FILE]"
+        "[out=FILE] [torchscript=true: allow a TorchScript file (RUNS CODE)]"
     )
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage)
-        return 0 if argv else 2
+    if (code := _usage(argv, usage)) is not None:
+        return code
     from twinview.eval.evaluate import evaluate, format_eval_table
 
-    ints = {"seeds", "linear_epochs", "finetune_epochs", "batch_size", "num_workers"}
-    opts = _kv(argv[1:], {"protocols", "data", "root", "out", "baselines", "device", *ints}, "eval")
-    kwargs: dict = {k: v for k, v in opts.items() if k in ("data", "root", "out", "device")}
-    for key in ints & opts.keys():
-        try:
-            kwargs[key] = int(opts[key])
-        except ValueError as err:
-            raise ConfigError(
-                f"twinview eval: {key} must be an integer, got '{opts[key]}'"
-            ) from err
+    ints = ("seeds", "linear_epochs", "finetune_epochs", "batch_size", "num_workers")
+    allowed = {
+        **dict.fromkeys(("protocols", "data", "root", "out", "device"), str),
+        **dict.fromkeys(ints, int),
+        "baselines": bool,
+        TRUSTED: bool,
+    }
+    opts = _options(argv[1:], allowed, "eval")
     if "protocols" in opts:
-        kwargs["protocols"] = [p.strip() for p in opts["protocols"].split(",") if p.strip()]
-    if "baselines" in opts:
-        kwargs["baselines"] = opts["baselines"].lower() in ("1", "true", "yes")
-    result = evaluate(argv[0], **kwargs)
+        opts["protocols"] = [p.strip() for p in opts["protocols"].split(",") if p.strip()]
+    result = evaluate(argv[0], **opts)
     print(format_eval_table(result))
     return 0
 
 
 def _report(argv: Sequence[str]) -> int:
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: twinview report RUN   (rewrites RUN/report.html)")
-        return 0 if argv else 2
+    usage = (
+        "usage: twinview report RUN [device=...] [torchscript=true]   (rewrites RUN/report.html)"
+    )
+    if (code := _usage(argv, usage)) is not None:
+        return code
     from twinview.report.from_run import report
 
-    print(f"wrote {report(argv[0])}")
+    opts = _options(argv[1:], {"device": str, TRUSTED: bool}, "report")
+    print(f"wrote {report(argv[0], **opts)}")
     return 0
 
 
@@ -186,15 +217,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"twinview {command}: error: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, ImportError, CheckpointError) as err:
-        # A user's mistake (bad path, dataset, format, missing optional package): one clear line.
+    except (ValueError, OSError, ImportError, CheckpointError, RunLocked) as err:
+        # A user's mistake or the machine's state (bad path, dataset, format, missing optional
+        # package, full disk, no permission, a run in use): one clear line.
         # TWINVIEW_DEBUG=1 shows the traceback.
         if os.environ.get("TWINVIEW_DEBUG"):
             raise
-        print(f"twinview {command}: error: {err}", file=sys.stderr)
+        print(f"twinview {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(f"twinview {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message; an OSError without one of ours gets its file and reason."""
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err.args[-1]):
+        return f"{err.strerror or err} ({err.filename})"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -113,31 +113,20 @@ def write_embeddings(
     return path
 
 
-def run_config_path(run: Path) -> Path | None:
-    """The config.yaml of a run directory (or of the run a checkpoint / backbone file is in)."""
-    folder = run if run.is_dir() else run.parent
-    for candidate in (folder, folder.parent):
-        if (candidate / "config.yaml").is_file():
-            return candidate / "config.yaml"
-    return None
-
-
 def _load_source(run: Path, data: str | None, split: str, channels: int) -> Any:
     """The dataset to embed: ``data`` (a name or a path), else the run's config.yaml dataset."""
     from twinview.data import load_dataset
+    from twinview.run.reader import read_run_config, run_config_path
 
     kwargs: dict[str, Any] = {}
     if data is None:
-        config = run_config_path(run)
-        if config is None:
+        if run_config_path(run) is None:
             raise ValueError(
                 f"'{run}' has no config.yaml to take the dataset from; pass data=NAME_OR_FOLDER"
             )
-        from twinview.train.config import load_config
-
-        cfg = load_config(config)  # the same dataset arguments as build_data uses
+        cfg = read_run_config(run)  # the same dataset arguments as build_data uses
         data = cfg.data.dataset
-        kwargs = {"root": cfg.data.root, **getattr(cfg.data, "options", {})}
+        kwargs = {"root": cfg.data.root, **cfg.data.options}
         if cfg.data.channels is not None:
             kwargs["channels"] = cfg.data.channels
     elif Path(data).expanduser().exists():  # a folder or file list: decode to the right channels
@@ -159,6 +148,7 @@ def embed(
     split: str = "train",
     batch_size: int = 512,
     device: str | torch.device | None = None,
+    torchscript: bool = False,
 ) -> Path:
     """``twinview embed RUN out=FILE [data=...] [split=...]``: embed a dataset, write ``out``.
 
@@ -171,35 +161,35 @@ def embed(
             samples included.
         split: ``"train"``, ``"test"`` or ``"unlabeled"`` (STL-10).
         device: where the backbone runs; default CUDA when available.
+        torchscript: allow a TorchScript backbone file. Loading one RUNS CODE FROM THE FILE:
+            only for files you trust.
 
     Images are fed as in training: scaled to [0, 1], resized to the spec's ``image_size``
     (folders: shorter side, then a centre crop), normalised with its ``mean`` / ``std``.
     """
 
     from twinview.data import ordered_batches
+    from twinview.devices import pick_device
     from twinview.eval.features import extract_features_and_labels
     from twinview.export import load_backbone
-    from twinview.train.build import eval_transform, square_crop
+    from twinview.run.output import writable_file
+    from twinview.run.reader import backbone_input
 
-    out = Path(out).expanduser()
+    out = writable_file(out, "out")
     suffix = _check_suffix(out)  # fail before the work, not after
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    backbone = load_backbone(run, map_location=device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = pick_device(str(device or "auto"), key="device")
+    backbone = load_backbone(run, map_location=device, torchscript=torchscript)
     spec = backbone.spec
-    c = int(spec["in_channels"])
-    source = _load_source(Path(run).expanduser(), data, split, c)
-    size = int(spec.get("image_size") or 224)
-    mean = spec.get("mean") or [0.0] * c
-    std = spec.get("std") or [1.0] * c
-
-    transform = None if hasattr(source, "images") else square_crop(size)
-    batches = ordered_batches(source, batch_size, device, transform=transform)
+    source = _load_source(Path(run).expanduser(), data, split, int(spec["in_channels"]))
+    per_image, normalize = backbone_input(spec, source)
+    batches = ordered_batches(source, batch_size, device, transform=per_image)
     features, labels = extract_features_and_labels(
         backbone,
         ((batch.views[0], batch.labels) for batch in batches),
         device=device,
-        normalize=eval_transform(size, tuple(mean), tuple(std)),
+        normalize=normalize,
     )
     if suffix == ".npy":
         return write_embeddings(out, features)

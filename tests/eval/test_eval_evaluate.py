@@ -18,8 +18,8 @@ from twinview.eval.evaluate import evaluate, format_eval_table
 from twinview.eval.features import extract_features
 from twinview.export import save_backbone
 from twinview.nn.backbones import build_backbone
-from twinview.train.build import eval_transform
-from twinview.train.config import load_config, save_config
+from twinview.run.data import eval_transform
+from twinview.config import load_config, save_config
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:k=\d+ exceeds the")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from twinview.train.config import (
+from twinview.config import (
     ALIASES,
     RECIPES,
     ConfigError,

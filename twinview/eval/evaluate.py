@@ -12,7 +12,7 @@ For the run's backbone, and next to it the two reference points a representation
   scratch; raw pixels have no backbone to fine-tune.
 
 Splits (DESIGN.md, principle 7): validation is carved out of the train split with the fixed seed
-pretraining used (:func:`~twinview.train.build.build_data`), so the kNN bank and the probes'
+pretraining used (:func:`~twinview.run.data.build_data`), so the kNN bank and the probes'
 training data never include it. Numbers are final-epoch numbers on the test split. An image
 folder without a ``test`` subfolder is scored on validation, which then also chose the
 hyperparameters: the result says ``"eval_split": "val"`` and carries a ``"note"``.
@@ -74,14 +74,13 @@ def load_eval_data(
     run: Path, *, data: str | None, root: str | None, val_fraction: float | None, channels: int
 ) -> EvalData:
     """Train / validation / evaluation splits of ``data`` (default: the run's own dataset)."""
-    from twinview.embed import run_config_path
-    from twinview.train.build import build_data
-    from twinview.train.config import load_config
+    from twinview.config import load_config
+    from twinview.run.data import build_data
+    from twinview.run.reader import read_run_config, run_config_path
 
-    config = run_config_path(run)
-    if data is None and config is None:
+    if data is None and run_config_path(run) is None:
         raise ValueError(f"'{run}' has no config.yaml to take the dataset from; pass data=NAME")
-    cfg = load_config(config)  # the defaults when there is no config.yaml
+    cfg = read_run_config(run) if run_config_path(run) else load_config()  # defaults without one
     d = cfg.data
     if data is not None:  # another dataset: none of the run's dataset options apply
         d = dataclasses.replace(d, dataset=str(data), root=root, options={})
@@ -135,7 +134,7 @@ def load_eval_data(
 def _batches(
     source: Any, size: int, batch_size: int, device: torch.device, num_workers: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    from twinview.train.build import square_crop
+    from twinview.run.data import square_crop
 
     transform = None if hasattr(source, "images") else square_crop(size)
     kwargs = {"transform": transform, "num_workers": num_workers}
@@ -222,10 +221,9 @@ def _random_init(spec: dict) -> nn.Module:
 
 
 def _default_out(run: Path) -> Path:
-    folder = run if run.is_dir() else run.parent
-    if folder.name == "checkpoints" and not run.is_dir():
-        folder = folder.parent
-    return folder / "eval.json"
+    from twinview.run.reader import run_folder
+
+    return run_folder(run) / "eval.json"
 
 
 def evaluate(
@@ -243,6 +241,7 @@ def evaluate(
     batch_size: int = 256,
     num_workers: int = 0,
     out: str | Path | None = None,
+    torchscript: bool = False,
 ) -> dict:
     """``twinview eval RUN``: score a run's backbone, write ``eval.json``, return the result.
 
@@ -260,25 +259,33 @@ def evaluate(
         device: where to compute; default CUDA when available.
         linear_epochs, finetune_epochs, batch_size: protocol lengths and batch size.
         num_workers: decoding workers for image folders.
-        out: the JSON file to write; default ``eval.json`` in the run directory.
+        out: the JSON file to write; default ``eval.json`` in the run directory. Checked
+            before any compute.
+        torchscript: allow a TorchScript backbone file. Loading one RUNS CODE FROM THE FILE:
+            only for files you trust.
 
     Returns:
         ``{"run", "dataset", "backbone", "eval_split", "seeds", "num_classes", "split_sizes",
         "protocols": {protocol: metrics}, "baselines": {"raw_pixel": ..., "random_init": ...}}``,
         accuracies as fractions; see :func:`format_eval_table` for a readable view.
     """
+    from twinview.devices import pick_device
     from twinview.export import load_backbone
-    from twinview.train.build import eval_transform
+    from twinview.run.data import eval_transform
+    from twinview.run.output import writable_file
 
     chosen = [protocols] if isinstance(protocols, str) else list(protocols)
     unknown = [p for p in chosen if p not in PROTOCOLS]
     if unknown or not chosen:
         raise ValueError(f"unknown protocol(s) {unknown or chosen}; valid: {', '.join(PROTOCOLS)}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+    for key, value in (("seeds", seeds), ("batch_size", batch_size), ("linear_epochs",
+                       linear_epochs), ("finetune_epochs", finetune_epochs)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
     run = Path(run).expanduser()
-    device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone = load_backbone(run, map_location=device_)
+    path = writable_file(out if out is not None else _default_out(run), "out")  # before compute
+    device_ = pick_device(device or "auto", key="device")
+    backbone = load_backbone(run, map_location=device_, torchscript=torchscript)
     spec = backbone.spec
     c, size = int(spec["in_channels"]), int(spec.get("image_size") or 224)
     ev = load_eval_data(run, data=data, root=root, val_fraction=val_fraction, channels=c)
@@ -356,8 +363,6 @@ def evaluate(
             "no test split: numbers are on the validation split, which also chose the linear "
             "and fine-tuning hyperparameters (optimistic)"
         )
-    path = Path(out).expanduser() if out is not None else _default_out(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -1,39 +1,39 @@
 """``report(run)``: rebuild ``report.html`` of a finished run (``twinview report RUN``).
 
-Reads the run's ``config.yaml`` and backbone, recomputes the test split's features for the
-embedding map and neighbour grid, and reuses the ``views.png`` the run wrote.
+Reads the run's ``config.yaml`` and backbone through :mod:`twinview.run.reader`, recomputes the
+test split's features for the embedding map and neighbour grid, and reuses the ``views.png``
+the run wrote.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from twinview.devices import pick_device
 from twinview.eval.features import extract_features
 from twinview.export import load_backbone
 from twinview.report.html import write_report
-from twinview.train.build import build_data, eval_transform
-from twinview.train.config import load_config
+from twinview.run.data import build_data
+from twinview.run.reader import backbone_input, read_run_config, run_folder
 
 
-def report(run: str | Path, *, device: str | None = None) -> Path:
-    """Write ``run/report.html`` again from the run's files; returns its path."""
-    run_dir = Path(run)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not a twinview run directory (no config.yaml); pass runs/<name>"
-        )
-    cfg = load_config(config)
-    backbone = load_backbone(run_dir)
-    spec = backbone.spec
+def report(run: str | Path, *, device: str | None = None, torchscript: bool = False) -> Path:
+    """Write ``run/report.html`` again from the run's files; returns its path.
+
+    ``torchscript=True`` allows a TorchScript backbone file, which RUNS CODE FROM THE FILE.
+    """
+    run_dir = run_folder(run)
+    cfg = read_run_config(run_dir)
+    device_ = pick_device(device or "auto", key="device")
+    backbone = load_backbone(run_dir, map_location=device_, torchscript=torchscript)
     data = build_data(cfg)
     split = data.test if data.test is not None and hasattr(data.test, "images") else data.val
     kwargs = {}
     if hasattr(split, "images"):
-        transform = eval_transform(spec["image_size"], spec["mean"], spec["std"])
+        _, normalize = backbone_input(backbone.spec, split)
         kwargs = {
             "test_features": extract_features(
-                backbone, split.images, device=device, normalize=transform
+                backbone, split.images, device=device_, normalize=normalize
             ),
             "test_labels": split.labels,
             "test_images": split.images,

@@ -9,61 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from twinview.data import load_dataset, subset, train_val_split
+from twinview.config import ConfigError, PretrainConfig
 from twinview.methods import METHODS, Method, build_method
 from twinview.nn import build_backbone, convert_sync_batchnorm
-from twinview.train.config import ConfigError, PretrainConfig
 from twinview.train.optim import build_optimizer, scale_lr
 from twinview.views import MultiView, ViewSpec, build_views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class DataSplits:
-    """Train (for pretraining), validation (held out of train) and test (reported only)."""
-
-    train: Any
-    val: Any
-    test: Any | None
-    channels: int
-    image_size: int | None  # native side of in-memory images; None for folders of mixed sizes
-    num_classes: int | None
-
-
-def build_data(cfg: PretrainConfig) -> DataSplits:
-    d = cfg.data
-    kwargs: dict[str, Any] = {"root": d.root, **d.options}
-    if d.channels is not None:
-        kwargs["channels"] = d.channels
-    full = load_dataset(d.dataset, split="train", **kwargs)
-    train_idx, val_idx = train_val_split(len(full), val_fraction=d.val_fraction, seed=0)
-    try:
-        test = load_dataset(d.dataset, split="test", **kwargs)
-    except (ValueError, FileNotFoundError):
-        test = None  # an image folder has no test split; reports then say "validation"
-    images = getattr(full, "images", None)
-    size = int(images.shape[-1]) if images is not None else None
-    return DataSplits(
-        train=subset(full, train_idx),
-        val=subset(full, val_idx),
-        test=test,
-        channels=int(full.channels),
-        image_size=size,
-        num_classes=getattr(full, "num_classes", None),
-    )
-
-
-def view_size(cfg: PretrainConfig, data: DataSplits) -> int:
-    return cfg.views.size or cfg.data.image_size or data.image_size or 224
 
 
 def build_run_views(cfg: PretrainConfig, method_name: str, size: int) -> MultiView:
@@ -95,33 +53,6 @@ def normalization(views: MultiView, channels: int) -> tuple[tuple[float, ...], t
     if channels == 3:
         return IMAGENET_MEAN, IMAGENET_STD
     return (0.5,) * channels, (0.5,) * channels
-
-
-def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]):
-    """float [0, 1] (B, C, H, W) -> normalised (B, C, size, size) for feature extraction."""
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
-
-    def transform(x: Tensor) -> Tensor:
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        return (x - mean_t.to(x.device)) / std_t.to(x.device)
-
-    return transform
-
-
-def square_crop(size: int):
-    """uint8 (C, H, W) of any size -> (C, size, size): shorter side resized, centre crop.
-
-    How images of a folder (mixed sizes) are brought to the backbone's input size for
-    evaluation and embedding.
-    """
-    from torchvision.transforms.v2 import functional as TF
-
-    def transform(image: Tensor) -> Tensor:
-        return TF.center_crop(TF.resize(image, size), [size, size])
-
-    return transform
 
 
 METHOD_KEYS = {

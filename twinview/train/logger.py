@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +25,55 @@ def _plain(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Append-only JSON-lines log plus TensorBoard scalars (when tensorboard is installed)."""
+    """Append-only JSON-lines log plus TensorBoard scalars (when tensorboard is installed).
+
+    Nothing is created before the first record: a run refused at start leaves no file behind.
+    """
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
+        self._tb_dir = run_dir / "tensorboard" if enabled and tensorboard else None
         self._tb = None
-        if enabled and tensorboard:
+
+    def _tensorboard(self):
+        if self._tb is None and self._tb_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(self._tb_dir))
             except ImportError:  # tensorboard is a dependency, but keep logging without it
-                self._tb = None
+                self._tb_dir = None
+        return self._tb
+
+    def reset(self) -> None:
+        """Start an empty log (a fresh run in a directory an earlier failed start used)."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
 
     def truncate(self, step: int) -> None:
-        """Drop records written after ``step`` (work lost to a kill, about to be redone)."""
+        """Drop records written after ``step`` (work lost to a kill, about to be redone), and a
+        torn last line (a kill in the middle of a write)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        keep = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                if number == len(lines):  # torn by a kill mid-write: that record is lost anyway
+                    warnings.warn(f"{self.path}: dropped a torn last line", stacklevel=2)
+                    break
+                raise ValueError(
+                    f"{self.path}, line {number} is not valid JSON ({err.msg}); fix or delete "
+                    "that line, then rerun to resume"
+                ) from err
+            if record.get("step", 0) <= step:
+                keep.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
 
     def log(self, kind: str, step: int, epoch: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -55,7 +82,7 @@ class MetricsLog:
         record.update({k: _plain(v) for k, v in values.items()})
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        if self._tensorboard() is not None:
             for key, value in record.items():
                 if key not in ("kind", "step", "epoch") and isinstance(value, int | float):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
@@ -66,5 +93,15 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a ``metrics.jsonl`` file; a torn last line (a killed writer) is left out,
+    any other bad line is an error naming the file and line."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}, line {number} is not valid JSON ({err.msg})") from err
+    return records

@@ -80,3 +80,11 @@ def restore_rng_state(
         if name not in saved:
             raise KeyError(f"no saved state for generator {name!r}; saved: {sorted(saved)}")
         g.set_state(saved[name].cpu())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every GPU) with
+    ``seed``: ``seed=`` makes user code that draws from any of them repeatable too."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

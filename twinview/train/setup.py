@@ -11,6 +11,7 @@ The backend is NCCL on CUDA and gloo on CPU.
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 from collections.abc import Callable
@@ -20,6 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from twinview.devices import pick_device
 
 
 @dataclass(frozen=True)
@@ -32,30 +37,6 @@ class ProcessInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto"
-            )
-        torch.cuda.set_device(local_rank)
-        fast_cuda_kernels()
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def fast_cuda_kernels() -> None:
-    """cuDNN autotuning (view sizes are fixed, so the search pays once) and TF32 for fp32
-    matrix products and convolutions (bf16 / fp16 autocast regions are unaffected); what
-    timm's and torchvision's reference training scripts switch on."""
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
 
 
 def launch_env() -> tuple[int, int, int] | None:
@@ -108,3 +89,22 @@ def spawn(fn: Callable[..., Any], args: tuple, nprocs: int) -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def ddp_wrap(method: nn.Module, info: ProcessInfo) -> nn.Module:
+    """DDP over the trainable parts only: momentum copies and the queue are ignored, so DDP never
+    synchronises them (every process computes the same EMA and enqueues the same gathered keys)."""
+    ignored = []
+    for prefix in [*method.momentum_modules(), "queue"]:  # type: ignore[operator]
+        sub = getattr(method, prefix, None)
+        if sub is None:
+            continue
+        ignored += [f"{prefix}.{n}" for n, _ in sub.named_parameters()]
+        ignored += [f"{prefix}.{n}" for n, _ in sub.named_buffers()]
+    DDP._set_params_and_buffers_to_ignore_for_model(method, ignored)
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    # BN buffers are not broadcast each forward: SyncBN keeps them equal, and the ignored
+    # momentum/queue buffers are identical on every process by construction.
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return DDP(method, device_ids=device_ids, forward_sync_buffers=False)
+    return DDP(method, device_ids=device_ids, broadcast_buffers=False)

@@ -19,7 +19,6 @@ epoch, every RNG state) is checkpointed; rerunning the same command resumes exac
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import signal
@@ -32,38 +31,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+from twinview.config import PretrainConfig, load_config, run_name, to_yaml
 from twinview.data import build_loader
 from twinview.eval.linear import OnlineLinearProbe
-from twinview.export import save_backbone
-from twinview.methods import Method
-from twinview.report import write_report
-from twinview.train.build import (
-    DataSplits,
-    backbone_spec,
-    build_data,
-    build_model,
-    build_run_optimizer,
-    build_run_views,
-    eval_transform,
-    view_size,
-)
-from twinview.train.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
-from twinview.train.config import (
-    ConfigError,
-    PretrainConfig,
-    load_config,
-    run_name,
-    save_config,
-)
+from twinview.run.checkpoint import load_latest, save_checkpoint
+from twinview.run.data import DataSplits, build_data, eval_transform, view_size
+from twinview.run.directory import RunDirectory
+from twinview.train import state as run_state
+from twinview.train.build import backbone_spec, build_model, build_run_optimizer, build_run_views
 from twinview.train.errors import TrainingDiverged
+from twinview.train.finish import finish
 from twinview.train.logger import MetricsLog
 from twinview.train.monitors import Monitors
-from twinview.train.rng import capture_rng_state, restore_rng_state
+from twinview.train.precision import autocast, effective_precision
+from twinview.train.rng import seed_everything
 from twinview.train.schedules import apply_lr
-from twinview.train.setup import ProcessInfo, cleanup, init_distributed, launch_env, spawn
-from twinview.views import preview
+from twinview.train.setup import ProcessInfo, cleanup, ddp_wrap, init_distributed, launch_env, spawn
 
 
 def config_from_args(
@@ -92,26 +76,40 @@ def pretrain(config: str | Path | PretrainConfig | None = None, **overrides: Any
     """Pretrain a backbone; ``pretrain(method="byol", data="./images", epochs=100)`` does what
     ``twinview pretrain method=byol data=./images epochs=100`` does. Returns the run summary."""
     cfg = config_from_args(config, overrides)
-    env = launch_env()
-    if env is None and cfg.train.devices > 1:
-        run_dir = _run_dir(cfg, is_main=True)
-        spawn(_train, (cfg, str(run_dir)), nprocs=cfg.train.devices)
-        return json.loads((run_dir / "summary.json").read_text())
+    if launch_env() is None and cfg.train.devices > 1:
+        started = time.time()
+        with _open_run_dir(cfg) as directory:  # this process holds the lock for its children
+            spawn(_train, (cfg, str(directory.path)), nprocs=cfg.train.devices)
+        summary = directory.path / "summary.json"
+        if summary.is_file() and summary.stat().st_mtime >= started:
+            return json.loads(summary.read_text())
+        return {"status": "interrupted", "run_dir": str(directory.path)}
     return _train(cfg, None)
 
 
-def _run_dir(cfg: PretrainConfig, *, is_main: bool) -> Path:
-    return prepare_run_dir(Path(cfg.output.dir), run_name(cfg), resume=cfg.output.resume)
+def _open_run_dir(cfg: PretrainConfig) -> RunDirectory:
+    return RunDirectory.open(cfg.output.dir, run_name(cfg), resume=cfg.output.resume)
 
 
-def _shared_run_dir(cfg: PretrainConfig, info: ProcessInfo, given: str | None) -> Path:
-    """Rank 0 decides the run directory (it may add a suffix); the others follow."""
-    if given is not None:
-        return Path(given)
-    holder = [str(_run_dir(cfg, is_main=True)) if info.is_main else None]
+def _shared_run_dir(info: ProcessInfo, cfg: PretrainConfig) -> RunDirectory | None:
+    """Rank 0 opens (chooses, creates and locks) the run directory; the others learn its path,
+    or rank 0's error, so that every process stops together on a refused start."""
+    opened, error = None, None
+    if info.is_main:
+        try:
+            opened = _open_run_dir(cfg)
+        except Exception as err:
+            if info.world_size == 1:
+                raise
+            error = err
+    holder = [str(opened.path) if opened else None, repr(error) if error else None]
     if info.world_size > 1:
         dist.broadcast_object_list(holder, src=0)
-    return Path(holder[0])  # type: ignore[arg-type]
+    if error is not None:
+        raise error
+    if holder[1] is not None:
+        raise RuntimeError(f"rank 0 could not open the run directory: {holder[1]}")
+    return opened or RunDirectory(Path(holder[0]), None)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -129,63 +127,30 @@ def _install_signal_handlers(stop: _Stop) -> dict[int, Any]:
     return previous
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def effective_precision(precision: str, device: torch.device) -> str:
-    """The precision actually used: bf16 on a CPU without native bf16 (AVX512-BF16 or AMX)
-    runs 15-20x slower than fp32 under autocast, so it falls back to fp32 with a warning; fp16
-    autocast is for GPUs only."""
-    if device.type != "cpu" or precision == "fp32":
-        return precision
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if precision == "bf16" and native_bf16:
-        return precision
-    warnings.warn(
-        f"precision={precision} is not fast on this CPU (no native {precision}); using fp32",
-        stacklevel=2,
-    )
-    return "fp32"
-
-
-def _ddp_wrap(method: Method, info: ProcessInfo) -> nn.Module:
-    """DDP over the trainable parts only: momentum copies and the queue are ignored."""
-    ignored = []
-    for prefix in [*method.momentum_modules(), "queue"]:
-        sub = getattr(method, prefix, None)
-        if sub is None:
-            continue
-        ignored += [f"{prefix}.{n}" for n, _ in sub.named_parameters()]
-        ignored += [f"{prefix}.{n}" for n, _ in sub.named_buffers()]
-    DDP._set_params_and_buffers_to_ignore_for_model(method, ignored)
-    device_ids = [info.device.index] if info.device.type == "cuda" else None
-    # BN buffers are not broadcast each forward: SyncBN keeps them equal, and the ignored
-    # momentum/queue buffers are identical on every process by construction.
-    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
-        return DDP(method, device_ids=device_ids, forward_sync_buffers=False)
-    return DDP(method, device_ids=device_ids, broadcast_buffers=False)
-
-
 def _train(cfg: PretrainConfig, run_dir_arg: str | None) -> dict:
     env = launch_env() or (0, 1, 0)
     info = init_distributed(cfg.train.device, *env)
+    directory = None
     try:
-        return _Run(cfg, info, _shared_run_dir(cfg, info, run_dir_arg)).fit()
+        if run_dir_arg is not None:  # spawned: the parent process holds the lock
+            directory = RunDirectory(Path(run_dir_arg), None)
+        else:
+            directory = _shared_run_dir(info, cfg)
+        return _Run(cfg, info, directory).fit()
     finally:
+        if directory is not None:
+            directory.close()
         cleanup()
 
 
 class _Run:
     """One pretraining run in one process."""
 
-    def __init__(self, cfg: PretrainConfig, info: ProcessInfo, run_dir: Path) -> None:
-        self.cfg, self.info, self.run_dir = cfg, info, run_dir
+    def __init__(self, cfg: PretrainConfig, info: ProcessInfo, directory: RunDirectory) -> None:
+        self.cfg, self.info, self.directory = cfg, info, directory
+        self.run_dir = directory.path
         t = cfg.train
-        torch.manual_seed(t.seed)  # identical initial weights on every process
+        seed_everything(t.seed)  # identical initial weights on every process
         self.data: DataSplits = build_data(cfg)
         size = view_size(cfg, self.data)
         self.views = build_run_views(cfg, cfg.method.name, size)
@@ -220,7 +185,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(
             info.device.type, enabled=t.precision == "fp16" and info.device.type == "cuda"
         )
-        self.step, self.epoch, self.skipped_steps = 0, 0, 0
+        self.step, self.epoch, self.skipped_steps, self.saved_step = 0, 0, 0, -1
         self.monitors = Monitors(
             cfg.monitor,
             self.data,
@@ -232,32 +197,10 @@ class _Run:
         if cfg.monitor.online_probe and self.data.num_classes:
             self.probe = OnlineLinearProbe(self.spec["feature_dim"], self.data.num_classes)
             self.probe.to(info.device)
-        self.ckpt_path = run_dir / "checkpoints" / "last.pt"
-        self.log = MetricsLog(run_dir, enabled=info.is_main)
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.log = MetricsLog(self.run_dir, enabled=info.is_main)
 
     # --- state ---------------------------------------------------------------------------------
-
-    def state_dict(self, loader_state: dict) -> dict:
-        rng = capture_rng_state()
-        if self.info.world_size > 1:
-            states: list[Any] = [None] * self.info.world_size
-            dist.all_gather_object(states, rng)
-        else:
-            states = [rng]
-        return {
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "loader": loader_state,
-            "rng": states,
-            "probe": self.probe.state_dict() if self.probe is not None else None,
-            "backbone_spec": self.spec,
-            "method_name": self.cfg.method.name,
-            "run_keys": {"method.name": self.cfg.method.name, "optim.name": self.cfg.optim.name},
-            "world_size": self.info.world_size,
-        }
 
     def save(self, loader_state: dict) -> None:
         params = [p.detach() for p in self.method.parameters()]
@@ -267,54 +210,42 @@ class _Run:
                 f"; stopping. The last good checkpoint is kept: {self.ckpt_path}. Try a lower "
                 "learning rate (optim.lr=...), precision=fp32, or check the data."
             )
-        state = self.state_dict(loader_state)  # collective: every process takes part
+        state = run_state.capture(self, loader_state)  # collective: every process takes part
         if self.info.is_main:
             save_checkpoint(self.ckpt_path, state)
+        self.saved_step = self.step
         if self.info.world_size > 1:
             dist.barrier()
 
-    def resume(self) -> bool:
-        if not self.ckpt_path.exists():
-            return False
-        state = load_checkpoint(self.ckpt_path, map_location=self.info.device)
-        for key, now in (
-            ("method.name", self.cfg.method.name),
-            ("optim.name", self.cfg.optim.name),
-        ):
-            was = state.get("run_keys", {}).get(key, now)
-            if was != now:
-                raise ConfigError(
-                    f"{self.run_dir} was trained with {key}={was}, this command asks for "
-                    f"{key}={now}; resume with {key}={was}, or start a new run with "
-                    "resume=false or another name=..."
-                )
-        self.method.load_state_dict(state["method"])
-        # The optimizer's buffers come from the checkpoint; its hyperparameters (lr, weight
-        # decay) from this command's config, so an edited config takes effect on resume.
-        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, hyper in zip(self.optimizer.param_groups, fresh):
-            group.update(hyper)
-        self.scaler.load_state_dict(state["scaler"])
-        if self.probe is not None and state.get("probe") is not None:
-            self.probe.load_state_dict(state["probe"])
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.loader.load_state_dict(state["loader"])
-        rng = state["rng"]
-        restore_rng_state(rng[self.info.rank] if self.info.rank < len(rng) else rng[0])
-        self.log.truncate(self.step)
+    def start(self) -> bool:
+        """Resume from the run's checkpoint when there is one (after checking that this command
+        may resume it), then write config.yaml; nothing is written before that check."""
+        state = load_latest(self.run_dir, map_location=self.info.device)
+        if state is not None:
+            changed = run_state.check_compatible(state, self.cfg, self.run_dir)
+            run_state.restore(self, state)
         if self.info.is_main:
-            print(f"twinview: resuming {self.run_dir} at step {self.step} (epoch {self.epoch + 1})")
-        return True
+            self.directory.write_text("config.yaml", to_yaml(self.cfg))
+            if state is None:
+                self.log.reset()  # metrics of an earlier start that never checkpointed
+            else:
+                self.log.truncate(self.step)
+                note = f" with {', '.join(changed)} changed" if changed else ""
+                position = self.loader.state_dict().get("position", 0)
+                where = (
+                    f"step {self.step}, {position} batches into epoch {self.epoch + 1}"
+                    if position
+                    else f"step {self.step}, start of epoch {self.epoch + 1}"
+                )
+                print(f"twinview: resuming {self.run_dir} at {where}{note}")
+        return state is not None
 
     # --- loop ----------------------------------------------------------------------------------
 
     def fit(self) -> dict:
         cfg, info = self.cfg, self.info
-        if info.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        resumed = self.resume()
-        model = _ddp_wrap(self.method, info) if info.world_size > 1 else self.method
+        resumed = self.start()
+        model = ddp_wrap(self.method, info) if info.world_size > 1 else self.method
         if cfg.train.compile:
             model = torch.compile(model)
         stop = _Stop()
@@ -329,7 +260,10 @@ class _Run:
                 self._epoch(model, stop, bar)
                 if stop.signal is not None:
                     break
-                self._end_epoch()
+                if self._epoch_complete():
+                    self._end_epoch()
+                elif self.saved_step != self.step:  # max_steps ended it mid-epoch: resumable
+                    self.save(self.loader.state_dict())
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
@@ -343,10 +277,16 @@ class _Run:
                 )
             self.log.close()
             return {"status": "interrupted", "step": self.step, "run_dir": str(self.run_dir)}
-        return self._finish(time.time() - started)
+        return finish(self, time.time() - started)
 
     def _mid_epoch(self) -> bool:
         return self.loader.state_dict().get("position", 0) > 0
+
+    def _epoch_complete(self) -> bool:
+        """Every optimizer step of this epoch is done (a few micro-batches short of an
+        accumulation group may be left over)."""
+        position = self.loader.state_dict().get("position", 0)
+        return position >= self.steps_per_epoch * self.cfg.train.accumulate
 
     def _progress_bar(self):
         if not self.info.is_main:
@@ -368,7 +308,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation of last epoch
         window_loss, window_steps, window_start = 0.0, 0, time.time()
         for batch in self.loader:
-            with _autocast(self.precision, self.info.device):
+            with autocast(self.precision, self.info.device):
                 views = batch.views
                 if t.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
@@ -450,74 +390,3 @@ class _Run:
                 )
         self.epoch += 1
         self.save({"epoch": self.epoch, "position": 0})
-
-    def _finish(self, seconds: float) -> dict:
-        summary: dict[str, Any] = {
-            "status": "finished",
-            "method": self.cfg.method.name,
-            "dataset": self.cfg.data.dataset,
-            "backbone": self.cfg.backbone.name,
-            "steps": self.step,
-            "epochs": self.epoch,
-            "train_seconds_this_session": round(seconds, 1),
-            "skipped_steps": self.skipped_steps,
-            "precision": self.precision,
-            "run_dir": str(self.run_dir),
-        }
-        if self.info.is_main:
-            scores, test = self.monitors.final(self.method.backbone)
-            summary.update(scores)
-            path = save_backbone(self.method.backbone, self.spec, self.run_dir / "backbone.pt")
-            summary["backbone_path"] = str(path)
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            self.log.log("summary", self.step, self.epoch, {
-                k: v for k, v in summary.items() if isinstance(v, int | float)
-            })  # fmt: skip
-            summary["report_path"] = str(self._report(test))
-            print(format_summary(summary))
-        self.log.close()
-        if self.info.world_size > 1:
-            dist.barrier()
-        return summary
-
-    def _report(self, test: dict[str, Any]) -> Path:
-        """report.html: curves, results, embedding map, neighbours and the views used."""
-        grid = self.run_dir / "views.png"
-        source = self.data.train
-        images = source.images[:8] if hasattr(source, "images") else None
-        if images is None:
-            images = torch.stack([source[i][0] for i in range(min(8, len(source)))])
-        preview(images, self.views, grid, n=8, seed=self.cfg.train.seed)
-        return write_report(
-            self.run_dir,
-            test_features=test.get("features"),
-            test_labels=test.get("labels"),
-            test_images=test.get("images"),
-            views_grid_png=grid,
-            class_names=getattr(source, "classes", None),
-            seed=self.cfg.train.seed,
-        )
-
-
-def format_summary(summary: dict) -> str:
-    """The closing lines printed at the end of pretraining."""
-    lines = [
-        f"twinview: {summary['method']} on {summary['dataset']} finished "
-        f"({summary['epochs']} epochs, {summary['steps']} steps).",
-    ]
-    split = summary.get("eval_split")
-    if split:
-        for k in (200, 20):
-            learned = summary.get(f"{split}_knn_top1_k{k}")
-            raw = summary.get(f"{split}_raw_pixel_knn_top1_k{k}")
-            if learned is not None and raw is not None:
-                lines.append(
-                    f"  kNN top-1 on {split} (k={k}, cosine, weighted): {learned:.2%}   "
-                    f"raw pixels: {raw:.2%}   ({100 * (learned - raw):+.1f} points)"
-                )
-    if "backbone_path" in summary:
-        lines.append(f"  backbone: {summary['backbone_path']}")
-    if "report_path" in summary:
-        lines.append(f"  report: {summary['report_path']}")
-    lines.append(f"  run directory: {summary['run_dir']}")
-    return "\n".join(lines)
