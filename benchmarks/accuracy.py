@@ -48,7 +48,7 @@ from twinview.config import load_config  # noqa: E402
 from twinview.eval.evaluate import evaluate  # noqa: E402
 from twinview.export import save_backbone  # noqa: E402
 from twinview.train.build import backbone_spec  # noqa: E402
-from twinview.train.trainer import pretrain  # noqa: E402
+from twinview.train.launch import pretrain  # noqa: E402
 
 LIBRARIES = ("twinview", "lightly")
 SETTING = Setting("convnet", "fashion_mnist", [], 256)

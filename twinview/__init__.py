@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "pretrain": "twinview.train.trainer",
+    "pretrain": "twinview.train.launch",
     "evaluate": "twinview.eval.evaluate",
     "embed": "twinview.embed",
     "export": "twinview.export",

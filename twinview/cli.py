@@ -44,7 +44,7 @@ def _pretrain(argv: Sequence[str]) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from twinview.train.trainer import pretrain
+    from twinview.train.launch import pretrain
 
     summary = pretrain(cfg)
     return 0 if summary.get("status") == "finished" else 130

@@ -5,7 +5,13 @@ writes a run's ``config.yaml`` uses these functions, and nothing here imports tr
 """
 
 from twinview.config.checks import validate
-from twinview.config.load import config_from_yaml, load_config, save_config, to_yaml
+from twinview.config.load import (
+    config_from_args,
+    config_from_yaml,
+    load_config,
+    save_config,
+    to_yaml,
+)
 from twinview.config.recipes import RECIPES, SMALL_BACKBONES, resolve_defaults, run_name
 from twinview.config.schema import (
     ALIASES,
@@ -29,6 +35,7 @@ __all__ = [
     "DataConfig",
     "MonitorConfig",
     "PretrainConfig",
+    "config_from_args",
     "config_from_yaml",
     "config_help",
     "config_keys",

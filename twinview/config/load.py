@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -167,6 +168,28 @@ def load_config(
         obj = resolve_defaults(obj)
     validate(obj, resolved=resolve)
     return obj
+
+
+def config_from_args(
+    config: str | Path | PretrainConfig | None = None, overrides: dict[str, Any] | None = None
+) -> PretrainConfig:
+    """A config from a YAML path / config object plus ``key=value`` style keyword overrides."""
+    if isinstance(config, PretrainConfig):
+        if overrides:
+            raise ValueError("pass overrides inside the PretrainConfig object, not as keywords")
+        return config
+    items = [f"{key}={_dotlist_value(value)}" for key, value in (overrides or {}).items()]
+    return load_config(config, items)
+
+
+def _dotlist_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_dotlist_value(v) for v in value) + "]"
+    return str(value)
 
 
 def config_from_yaml(text: str, source: str) -> PretrainConfig:

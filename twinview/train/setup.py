@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,9 +82,31 @@ def _spawned(local_rank: int, world_size: int, port: int, fn: Callable, args: tu
     fn(*args)
 
 
+class SpawnedProcessError(ValueError):
+    """A spawned training process stopped on an error a user can act on (its message kept)."""
+
+
+_USER_ERROR = re.compile(
+    r"^[\w.]*(ConfigError|CheckpointError|RunLocked|TrainingDiverged|ValueError|"
+    r"FileNotFoundError|PermissionError|OSError): ",
+    re.M,
+)
+
+
 def spawn(fn: Callable[..., Any], args: tuple, nprocs: int) -> None:
-    """Run ``fn(*args)`` in ``nprocs`` local processes that see torchrun-style variables."""
-    mp.spawn(_spawned, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True)
+    """Run ``fn(*args)`` in ``nprocs`` local processes that see torchrun-style variables.
+
+    A child that fails on a user's mistake (a refused resume, a missing dataset, ...) is
+    re-raised here as a ``ValueError`` with its message, not as the child's whole traceback.
+    """
+    try:
+        mp.spawn(_spawned, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True)
+    except mp.ProcessRaisedException as err:
+        found = list(_USER_ERROR.finditer(str(err)))
+        if not found:
+            raise
+        message = str(err)[found[-1].end() :].strip()
+        raise SpawnedProcessError(f"process {err.error_index}: {message}") from None
 
 
 def cleanup() -> None:

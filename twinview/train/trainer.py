@@ -1,4 +1,4 @@
-"""``pretrain``: the training loop, on one process or many (torchrun, SLURM, ``devices=N``).
+"""The training loop of one process (started by :func:`twinview.train.launch.pretrain`).
 
 A plain loop a reader can hold in their head (nanoGPT style)::
 
@@ -19,20 +19,18 @@ epoch, every RNG state) is checkpointed; rerunning the same command resumes exac
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from twinview.config import PretrainConfig, load_config, run_name, to_yaml
+from twinview.config import PretrainConfig, to_yaml
 from twinview.data import build_loader
 from twinview.eval.linear import OnlineLinearProbe
 from twinview.run.checkpoint import load_latest, save_checkpoint
@@ -47,69 +45,7 @@ from twinview.train.monitors import Monitors
 from twinview.train.precision import autocast, effective_precision
 from twinview.train.rng import seed_everything
 from twinview.train.schedules import apply_lr
-from twinview.train.setup import ProcessInfo, cleanup, ddp_wrap, init_distributed, launch_env, spawn
-
-
-def config_from_args(
-    config: str | Path | PretrainConfig | None = None, overrides: dict[str, Any] | None = None
-) -> PretrainConfig:
-    """A config from a YAML path / config object plus ``key=value`` style keyword overrides."""
-    if isinstance(config, PretrainConfig):
-        if overrides:
-            raise ValueError("pass overrides inside the PretrainConfig object, not as keywords")
-        return config
-    items = [f"{key}={_dotlist_value(value)}" for key, value in (overrides or {}).items()]
-    return load_config(config, items)
-
-
-def _dotlist_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_dotlist_value(v) for v in value) + "]"
-    return str(value)
-
-
-def pretrain(config: str | Path | PretrainConfig | None = None, **overrides: Any) -> dict:
-    """Pretrain a backbone; ``pretrain(method="byol", data="./images", epochs=100)`` does what
-    ``twinview pretrain method=byol data=./images epochs=100`` does. Returns the run summary."""
-    cfg = config_from_args(config, overrides)
-    if launch_env() is None and cfg.train.devices > 1:
-        started = time.time()
-        with _open_run_dir(cfg) as directory:  # this process holds the lock for its children
-            spawn(_train, (cfg, str(directory.path)), nprocs=cfg.train.devices)
-        summary = directory.path / "summary.json"
-        if summary.is_file() and summary.stat().st_mtime >= started:
-            return json.loads(summary.read_text())
-        return {"status": "interrupted", "run_dir": str(directory.path)}
-    return _train(cfg, None)
-
-
-def _open_run_dir(cfg: PretrainConfig) -> RunDirectory:
-    return RunDirectory.open(cfg.output.dir, run_name(cfg), resume=cfg.output.resume)
-
-
-def _shared_run_dir(info: ProcessInfo, cfg: PretrainConfig) -> RunDirectory | None:
-    """Rank 0 opens (chooses, creates and locks) the run directory; the others learn its path,
-    or rank 0's error, so that every process stops together on a refused start."""
-    opened, error = None, None
-    if info.is_main:
-        try:
-            opened = _open_run_dir(cfg)
-        except Exception as err:
-            if info.world_size == 1:
-                raise
-            error = err
-    holder = [str(opened.path) if opened else None, repr(error) if error else None]
-    if info.world_size > 1:
-        dist.broadcast_object_list(holder, src=0)
-    if error is not None:
-        raise error
-    if holder[1] is not None:
-        raise RuntimeError(f"rank 0 could not open the run directory: {holder[1]}")
-    return opened or RunDirectory(Path(holder[0]), None)  # type: ignore[arg-type]
+from twinview.train.setup import ProcessInfo, ddp_wrap
 
 
 @dataclass
@@ -125,22 +61,6 @@ def _install_signal_handlers(stop: _Stop) -> dict[int, Any]:
         with contextlib.suppress(ValueError):  # not in the main thread
             previous[sig] = signal.signal(sig, lambda s, _f: setattr(stop, "signal", s))
     return previous
-
-
-def _train(cfg: PretrainConfig, run_dir_arg: str | None) -> dict:
-    env = launch_env() or (0, 1, 0)
-    info = init_distributed(cfg.train.device, *env)
-    directory = None
-    try:
-        if run_dir_arg is not None:  # spawned: the parent process holds the lock
-            directory = RunDirectory(Path(run_dir_arg), None)
-        else:
-            directory = _shared_run_dir(info, cfg)
-        return _Run(cfg, info, directory).fit()
-    finally:
-        if directory is not None:
-            directory.close()
-        cleanup()
 
 
 class _Run:
