@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from twinview.export import OnnxBackbone, export, load_backbone, save_backbone
+from twinview.export import OnnxBackbone, export, load_backbone, resolve_weights, save_backbone
 from twinview.nn.backbones import build_backbone
 
 
@@ -149,7 +151,9 @@ def test_torchscript_round_trip(tmp_path):
     assert path.name == "b.ts"
     assert backbone.training  # the caller's module is left as it was
     backbone.eval()
-    loaded = load_backbone(path)
+    with pytest.raises(ValueError, match=r"b\.ts' is a TorchScript file.*torchscript=True"):
+        load_backbone(path)
+    loaded = load_backbone(path, torchscript=True)
     assert isinstance(loaded, torch.jit.ScriptModule)
     assert loaded.spec["name"] == "convnet" and loaded.feature_dim == 64
     x = _images(spec, 5)  # another batch size than the trace
@@ -158,7 +162,7 @@ def test_torchscript_round_trip(tmp_path):
     # Saved as .pt, it is still recognised by its content.
     other = save_backbone(backbone, spec, tmp_path / "b.pt", format="torchscript")
     with torch.no_grad():
-        assert torch.equal(load_backbone(other)(x), backbone(x))
+        assert torch.equal(load_backbone(other, torchscript=True)(x), backbone(x))
 
 
 def test_onnx_round_trip(tmp_path):
@@ -220,6 +224,15 @@ def test_timm_format_loads_into_timm_model(tmp_path):
         assert torch.equal(load_backbone(path)(x), backbone(x))
 
 
+def _set_mtime(path: Path, seconds: int) -> None:
+    os.utime(path, ns=(seconds * 10**9, seconds * 10**9))
+
+
+def _save_checkpoint(run: Path, backbone: nn.Module, spec: dict) -> None:
+    method = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    torch.save({"method": method, "backbone_spec": spec, "step": 9}, run / "checkpoints/last.pt")
+
+
 def _fake_run(tmp_path, spec: dict, prefix: str = "") -> tuple:
     """A run directory holding only checkpoints/last.pt in the trainer's layout."""
     backbone, momentum = _backbone(spec, seed=0), _backbone(spec, seed=1)
@@ -241,9 +254,11 @@ def test_run_directory_and_checkpoint(tmp_path, prefix):
         expected = backbone(x)
         assert torch.equal(load_backbone(run)(x), expected)
         assert torch.equal(load_backbone(run / "checkpoints" / "last.pt")(x), expected)
-    # backbone.pt (written at the end of pretraining) wins over the checkpoint.
+    # backbone.pt (written at the end of pretraining, after the last checkpoint) wins.
     final = _backbone(spec, seed=2)
     save_backbone(final, spec, run / "backbone.pt")
+    _set_mtime(run / "checkpoints" / "last.pt", 1_000)
+    _set_mtime(run / "backbone.pt", 2_000)
     with torch.no_grad():
         assert torch.equal(load_backbone(run)(x), final(x))
 
@@ -258,10 +273,17 @@ def test_export_front_door_writes_beside_the_run(tmp_path):
     assert out == tmp_path / "elsewhere" / "mine.pt"
     x = _images(spec)
     with torch.no_grad():
-        for p in (run, path, out):
+        for p in (run, out):
             assert torch.equal(load_backbone(p)(x), backbone(x))
+        assert torch.equal(load_backbone(path, torchscript=True)(x), backbone(x))
     with pytest.raises(ValueError, match="'torchvision' is for the torchvision ResNets"):
         export(run, format="torchvision")
+    # Reading a TorchScript file is code execution; export asks for the same flag.
+    with pytest.raises(ValueError, match=r"backbone\.ts' is a TorchScript file"):
+        export(path, format="pt", out=tmp_path / "from_ts")
+    again = export(path, format="pt", out=tmp_path / "from_ts", torchscript=True)
+    with torch.no_grad():
+        assert torch.equal(load_backbone(again)(x), backbone(x))
 
 
 def test_bad_paths_name_the_file_and_the_formats(tmp_path):
@@ -296,3 +318,116 @@ def test_missing_optional_package_is_named_before_writing(tmp_path, monkeypatch,
     with pytest.raises(ImportError, match=f"pip install {fmt}"):
         save_backbone(_backbone(spec), spec, tmp_path / "b", format=fmt)
     assert not list(tmp_path.iterdir())
+
+
+class _LoudOnLoad(nn.Module):
+    """A scripted module whose ``__setstate__`` prints a marker: TorchScript runs it at load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.ones(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.scale, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        print("TWINVIEW-CODE-FROM-FILE-RAN")
+        self.scale = state[0]
+        self.training = state[1]
+
+
+def _save_loud(path: Path) -> None:
+    extra = {"twinview_spec.json": json.dumps({"name": "convnet", "feature_dim": 3})}
+    torch.jit.save(torch.jit.script(_LoudOnLoad()), str(path), _extra_files=extra)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_backbone_pt_is_refused_and_not_run(tmp_path, capfd, monkeypatch):
+    spec = _spec(kwargs={"width": 4})
+    run, _ = _fake_run(tmp_path, spec)
+    _save_loud(run / "backbone.pt")
+    _set_mtime(run / "checkpoints" / "last.pt", 1_000)  # backbone.pt is the fresher file
+    ts_file = tmp_path / "weights.bin"  # any name, any suffix
+    _save_loud(ts_file)
+    capfd.readouterr()
+
+    real_jit_load = torch.jit.load
+    calls = []
+    monkeypatch.setattr(
+        torch.jit, "load", lambda *a, **k: calls.append(a) or real_jit_load(*a, **k)
+    )
+    refusal = (
+        "' is a TorchScript file: loading it runs code from the file.*"
+        "torchscript=True.*torchscript=true"
+    )
+    named = {run: r"demo/backbone\.pt", run / "backbone.pt": r"demo/backbone\.pt"}
+    named[ts_file] = r"weights\.bin"
+    for target, name in named.items():
+        with pytest.raises(ValueError, match=name + refusal):
+            load_backbone(target)
+        with pytest.raises(ValueError, match=name + refusal):
+            export(target, out=tmp_path / "out")
+    assert calls == []
+    assert "TWINVIEW-CODE-FROM-FILE-RAN" not in capfd.readouterr().out
+    assert not (tmp_path / "out.pt").exists()
+
+    # Asked for by name, it loads, and its code does run: the refusal above was what stopped it.
+    loaded = load_backbone(run, torchscript=True)
+    assert len(calls) == 1 and loaded.spec["name"] == "convnet" and not loaded.training
+    assert "TWINVIEW-CODE-FROM-FILE-RAN" in capfd.readouterr().out
+    assert torch.equal(loaded(torch.full((2,), 3.0)), torch.full((2,), 3.0))
+
+
+def test_newer_checkpoint_wins_over_older_backbone_pt(tmp_path):
+    spec = _spec(kwargs={"width": 4})
+    run, first = _fake_run(tmp_path, spec)
+    x = _images(spec)
+    # Export while the run is in progress: the default out is the run's backbone.pt.
+    _set_mtime(run / "checkpoints" / "last.pt", 1_000)
+    assert export(run) == run / "backbone.pt"
+    _set_mtime(run / "backbone.pt", 2_000)
+    assert resolve_weights(run) == run / "backbone.pt"
+    # The run trains on and writes a newer checkpoint.
+    newer = _backbone(spec, seed=5)
+    _save_checkpoint(run, newer, spec)
+    _set_mtime(run / "checkpoints" / "last.pt", 3_000)
+    message = (
+        r"demo/backbone\.pt is older than .*demo/checkpoints/last\.pt \(the run trained on after "
+        r"it was written\); using the checkpoint"
+    )
+    with pytest.warns(UserWarning, match=message) as record:
+        assert resolve_weights(run) == run / "checkpoints" / "last.pt"
+    assert len(record) == 1
+    with pytest.warns(UserWarning, match=message) as record:
+        loaded = load_backbone(run)
+    assert len(record) == 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), newer(x))
+        assert not torch.equal(loaded(x), first(x))
+        # The file itself still reads as it is, without a warning.
+        assert torch.equal(load_backbone(run / "backbone.pt")(x), first(x))
+    # A fresh export of the run takes the newer weights too.
+    with pytest.warns(UserWarning, match=message):
+        export(run)
+    with torch.no_grad():
+        assert torch.equal(load_backbone(run)(x), newer(x))
+
+
+def test_resolve_weights_single_files_and_ties(tmp_path):
+    spec = _spec(kwargs={"width": 4})
+    run, _ = _fake_run(tmp_path, spec)
+    assert resolve_weights(run) == run / "checkpoints" / "last.pt"
+    save_backbone(_backbone(spec), spec, run / "backbone.pt")
+    for path in (run / "backbone.pt", run / "checkpoints" / "last.pt"):
+        _set_mtime(path, 5_000)  # equal times: backbone.pt, written from the checkpoint, wins
+    assert resolve_weights(run) == run / "backbone.pt"
+    (run / "checkpoints" / "last.pt").unlink()
+    assert resolve_weights(str(run)) == run / "backbone.pt"
+    assert resolve_weights(run / "backbone.pt") == run / "backbone.pt"
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt' does not exist"):
+        resolve_weights(run / "missing.pt")

@@ -24,6 +24,8 @@ Formats of :func:`save_backbone` (``format=``, suffix appended when the path lac
   classifier.
 - ``"torchscript"`` (``.ts``): the backbone traced in eval mode, the spec in the archive's
   ``extra/twinview_spec.json``. Runs without twinview (``torch.jit.load``) and from libtorch.
+  Loading a TorchScript file runs code from the file, so :func:`load_backbone` reads one only
+  when asked to with ``torchscript=True``.
 - ``"onnx"`` (``.onnx``, needs ``pip install onnx``): opset 17, input ``"images"``
   (B, C, H, W) with a dynamic batch axis, output ``"features"`` (B, D). When onnxruntime is
   installed the file is checked against PyTorch at save time (rtol 1e-3, atol 1e-4).
@@ -33,10 +35,12 @@ Formats of :func:`save_backbone` (``format=``, suffix appended when the path lac
 The ``torchvision``, ``timm`` and ``onnx`` files get their spec beside them as ``<file>.json``,
 which :func:`load_backbone` uses to read them back.
 
-:func:`load_backbone` also reads a run directory (its ``backbone.pt``, else its
-``checkpoints/last.pt``) and a training checkpoint: a dict with ``"backbone_spec"`` and a
-``"method"`` state dict whose backbone entries are the keys starting with ``"backbone."``
-(a leading ``"module."`` or ``"_orig_mod."`` from DDP / ``torch.compile`` is dropped).
+:func:`load_backbone` also reads a run directory (the fresher of its ``backbone.pt`` and its
+``checkpoints/last.pt``, see :func:`resolve_weights`) and a training checkpoint: a dict with
+``"backbone_spec"`` and a ``"method"`` state dict whose backbone entries are the keys starting
+with ``"backbone."`` (a leading ``"module."`` or ``"_orig_mod."`` from DDP / ``torch.compile``
+is dropped). Files are read as data: a TorchScript file, whose loading runs code from it, is
+read only with ``torchscript=True``.
 """
 
 from __future__ import annotations
@@ -72,8 +76,8 @@ _SPEC_KEY = "twinview_spec"
 SUPPORTED = (
     "a run directory (with backbone.pt or checkpoints/last.pt), a training checkpoint, or a "
     "file written by twinview.export.save_backbone: .pt (format 'pt'), .pth/.pt ('torchvision' "
-    "or 'timm', with <file>.json beside it), .ts ('torchscript'), .onnx (with <file>.json "
-    "beside it) or .safetensors"
+    "or 'timm', with <file>.json beside it), .ts ('torchscript', read only with "
+    "torchscript=True), .onnx (with <file>.json beside it) or .safetensors"
 )
 
 
@@ -288,18 +292,40 @@ class OnnxBackbone(nn.Module):
 # --- reading -------------------------------------------------------------------------------------
 
 
-def _resolve(path: Path) -> Path:
-    if path.is_dir():
-        for candidate in (path / "backbone.pt", path / "checkpoints" / "last.pt"):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(
-            f"run directory '{path}' has neither backbone.pt nor checkpoints/last.pt; pass a run "
-            f"that has trained, or a backbone file. Supported: {SUPPORTED}"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone file '{path}' does not exist. Supported: {SUPPORTED}")
-    return path
+def resolve_weights(run_dir_or_file: str | Path) -> Path:
+    """The file :func:`load_backbone` reads for ``run_dir_or_file``: the freshest weights.
+
+    A file is returned as it is. In a run directory, ``backbone.pt`` (written at the end of
+    pretraining, or by ``twinview export``) is used, unless ``checkpoints/last.pt`` is newer
+    (mtime): then the run trained on after ``backbone.pt`` was written (an export of a run in
+    progress, a resumed run), and the checkpoint is used, with a warning naming both files.
+    Either file alone is used as it is. Raises ``FileNotFoundError`` naming what is missing.
+    """
+    path = Path(run_dir_or_file).expanduser()
+    if not path.is_dir():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"backbone file '{path}' does not exist. Supported: {SUPPORTED}"
+            )
+        return path
+    final, last = path / "backbone.pt", path / "checkpoints" / "last.pt"
+    if final.is_file() and last.is_file():
+        if last.stat().st_mtime_ns > final.stat().st_mtime_ns:
+            warnings.warn(
+                f"{final} is older than {last} (the run trained on after it was written); "
+                f"using the checkpoint. Pass {final} itself to load the older weights.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return last
+        return final
+    for candidate in (final, last):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"run directory '{path}' has neither backbone.pt nor checkpoints/last.pt; pass a run "
+        f"that has trained, or a backbone file. Supported: {SUPPORTED}"
+    )
 
 
 def _read_spec(path: Path) -> dict[str, Any]:
@@ -316,11 +342,28 @@ def _read_spec(path: Path) -> dict[str, Any]:
 
 
 def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` holds TorchScript, judged by its content, whatever its name.
+
+    A TorchScript archive is a zip whose entries include ``<archive>/code/...`` (the Python-like
+    source run at load) or ``<archive>/constants.pkl`` (what ``torch.load`` itself looks for);
+    ``torch.save`` zips have neither. Mobile flatbuffer modules carry ``PTMF`` at byte 4.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] == b"PTMF":
+        return True
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any("/code/" in name or name.endswith("constants.pkl") for name in names)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    for name in names:
+        inner = name.split("/", 1)[1] if "/" in name else name
+        if inner.startswith("code/") or inner == "constants.pkl" or "/code/" in name:
+            return True
+    return False
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -329,25 +372,43 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def load_backbone(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_backbone(
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    torchscript: bool = False,
+) -> nn.Module:
     """Read a backbone written by :func:`save_backbone`, a run directory or a checkpoint.
 
     Returns the module in eval mode, with attributes ``spec`` (dict) and ``feature_dim``:
     a twinview backbone rebuilt from the spec (on ``map_location``) for the weight formats, the
-    ``torch.jit`` module for TorchScript, an :class:`OnnxBackbone` (CPU) for ONNX.
+    ``torch.jit`` module for TorchScript, an :class:`OnnxBackbone` (CPU) for ONNX. A run
+    directory reads the file :func:`resolve_weights` picks.
+
+    Files are data, never code: weights load only with ``torch.load(weights_only=True)`` or
+    safetensors. ``torchscript=True`` runs code from the file: TorchScript is a program, and
+    ``torch.jit.load`` executes it. So a TorchScript file (recognised by its content, whatever
+    its name or suffix, ``backbone.pt`` included) is refused with a ``ValueError`` unless
+    ``torchscript=True`` (CLI: ``torchscript=true``); pass it only for files you trust.
     """
-    path = _resolve(Path(path).expanduser())
+    path = resolve_weights(path)
     where = f"load_backbone('{path}')"
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        module: nn.Module = OnnxBackbone(path, _read_spec(path))
-        return module
-    if suffix in (".ts", ".torchscript") or _is_torchscript(path):
+    is_torchscript = _is_torchscript(path)
+    if is_torchscript and not torchscript:
+        raise ValueError(
+            f"'{path}' is a TorchScript file: loading it runs code from the file. If you trust "
+            f"it, pass torchscript=True (CLI: torchscript=true); otherwise load a weights file "
+            f"(backbone.pt written by format 'pt', a checkpoint, or .safetensors)."
+        )
+    if torchscript and (is_torchscript or suffix in (".ts", ".torchscript")):
         extra = {_SPEC_ENTRY: ""}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
             try:
-                module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+                module: nn.Module = torch.jit.load(
+                    str(path), map_location=map_location, _extra_files=extra
+                )
             except RuntimeError as err:
                 first = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise ValueError(f"{where}: not a readable TorchScript file ({first})") from err
@@ -356,6 +417,8 @@ def load_backbone(path: str | Path, *, map_location: str | torch.device = "cpu")
         module.spec = _check_spec(json.loads(extra[_SPEC_ENTRY]), where)
         module.feature_dim = module.spec.get("feature_dim")
         return module.eval()
+    if suffix == ".onnx":
+        return OnnxBackbone(path, _read_spec(path))
     if suffix == ".safetensors" or _is_safetensors(path):
         safetensors = _import("safetensors", "safetensors", where)
         with safetensors.safe_open(str(path), framework="pt") as f:
@@ -384,16 +447,27 @@ def load_backbone(path: str | Path, *, map_location: str | torch.device = "cpu")
     return _rebuild(spec, state, where).to(map_location)
 
 
-def export(run: str | Path, *, format: str = "pt", out: str | Path | None = None) -> Path:
+def export(
+    run: str | Path,
+    *,
+    format: str = "pt",
+    out: str | Path | None = None,
+    torchscript: bool = False,
+) -> Path:
     """``twinview export RUN format=... out=...``: read the run's backbone, write it as ``format``.
 
-    ``run``: anything :func:`load_backbone` reads that holds weights (not an ONNX file).
-    ``out`` defaults to ``backbone.<suffix>`` in the run directory (``backbone_torchvision.pth``
-    / ``backbone_timm.pth`` for the plain state dicts). Returns the path written.
+    ``run``: anything :func:`load_backbone` reads that holds weights (not an ONNX file); a run
+    directory gives its freshest weights (:func:`resolve_weights`). ``torchscript=True`` lets
+    ``run`` be a TorchScript file, and runs code from that file (see :func:`load_backbone`);
+    writing ``format="torchscript"`` needs no flag. ``out`` defaults to ``backbone.<suffix>`` in
+    the run directory (``backbone_torchvision.pth`` / ``backbone_timm.pth`` for the plain state
+    dicts). A default ``backbone.pt`` written while the run still trains does not shadow its
+    later checkpoints: :func:`resolve_weights` prefers a newer ``checkpoints/last.pt``.
+    Returns the path written.
     """
     _check_format(format)
     run = Path(run).expanduser()
-    backbone = load_backbone(run)
+    backbone = load_backbone(run, torchscript=torchscript)
     if isinstance(backbone, OnnxBackbone):
         raise ValueError(f"cannot export from ONNX file '{run}'; pass the run directory instead")
     if out is None:

@@ -7,11 +7,17 @@ downloaded: the error says where to get the tarball and where to put it. Each pi
 ``data`` (N, 3072) uint8 rows (1024 R, 1024 G, 1024 B values, each 32x32 row-major), so a row
 reshapes directly to (3, 32, 32).
 
-The batches are Python pickles, as the dataset authors distribute them: load only files you trust.
+The batches are Python pickles, as the dataset authors distribute them. A pickle can name any
+Python callable to run while it loads, so they are read with :class:`CIFARUnpickler`, which admits
+only what the official files need (dicts, lists, bytes, numbers and numpy arrays): a tampered
+tarball fails with :class:`UnsafePickleError` naming the file and the refused global, and runs
+nothing.
 """
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
 import pickle
 import tarfile
@@ -49,7 +55,9 @@ def _reader(name: str, root: Path, needed: list[str]):
     candidates = [root, root / spec["folder"], root / spec["tarball"]]
     for candidate in candidates:
         if candidate.is_dir() and (candidate / spec["meta"]).is_file():
-            return lambda member, folder=candidate: _unpickle((folder / member).read_bytes())
+            return lambda member, folder=candidate: _unpickle(
+                (folder / member).read_bytes(), str(folder / member)
+            )
         if candidate.is_file() and tarfile.is_tarfile(candidate):
             return _tar_reader(candidate, spec["folder"], needed)
     raise FileNotFoundError(
@@ -73,13 +81,84 @@ def _tar_reader(path: Path, folder: str, needed: list[str]):
     def read(member: str) -> dict:
         if member not in contents:
             raise FileNotFoundError(f"{path}: member {folder}/{member} missing; re-download it")
-        return _unpickle(contents[member])
+        return _unpickle(contents[member], f"{path} (member {folder}/{member})")
 
     return read
 
 
-def _unpickle(raw: bytes) -> dict:
-    entries = pickle.loads(raw, encoding="bytes")
+class UnsafePickleError(pickle.UnpicklingError):
+    """A CIFAR pickle names a global that the official files never use; nothing was run."""
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for ``bytes``: latin-1 only."""
+    if encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
+        raise UnsafePickleError(f"_codecs.encode with encoding {encoding!r} (only latin-1 is used)")
+    return text.encode("latin-1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """(module, name) -> the object a CIFAR pickle may reference, resolved here, never imported.
+
+    The official files (protocol 2, written by Python 2) use ``numpy.core.multiarray._reconstruct``,
+    ``numpy.ndarray`` and ``numpy.dtype``; re-pickled copies under numpy 2 name
+    ``numpy._core.*``, protocol 5 uses ``numeric._frombuffer``, numpy scalars
+    ``multiarray.scalar``, and Python 3 protocol-2 ``bytes`` ``_codecs.encode``. None of these
+    runs code chosen by the file.
+    """
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")  # numpy >= 2
+        numeric = importlib.import_module("numpy._core.numeric")
+    except ImportError:  # numpy 1.x
+        multiarray = importlib.import_module("numpy.core.multiarray")
+        numeric = importlib.import_module("numpy.core.numeric")
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class CIFARUnpickler(pickle.Unpickler):
+    """An unpickler that admits only the globals CIFAR batches need (see ``_allowed_globals``).
+
+    ``pickle.loads`` would import and call whatever a file names (``os.system``, ``eval``, ...);
+    here any other global raises :class:`UnsafePickleError` before anything is called.
+    """
+
+    _ALLOWED: dict[tuple[str, str], Any] | None = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed object for ``module.name``; anything else is refused."""
+        if CIFARUnpickler._ALLOWED is None:
+            CIFARUnpickler._ALLOWED = _allowed_globals()
+        try:
+            return CIFARUnpickler._ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"refused global {module}.{name}") from None
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    """The dict pickled in ``raw`` (read from ``where``), its bytes keys decoded to str."""
+    try:
+        entries = CIFARUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except UnsafePickleError as err:
+        raise UnsafePickleError(
+            f"{where}: {err}. The official CIFAR files never reference it, so this file was "
+            f"altered or is not CIFAR; nothing in it was run. Re-download the official tarball "
+            f"from https://www.cs.toronto.edu/~kriz/cifar.html"
+        ) from None
+    except Exception as err:  # truncated or corrupt pickle
+        raise ValueError(
+            f"{where}: not a readable CIFAR batch ({type(err).__name__}: {err}); re-download it"
+        ) from err
+    if not isinstance(entries, dict):
+        raise ValueError(f"{where}: expected a pickled dict, got {type(entries).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entries.items()}
 
 
