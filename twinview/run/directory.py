@@ -27,6 +27,7 @@ from twinview.run.checkpoint import (
     PREVIOUS,
     remove_stale_temporaries,
 )
+from twinview.run.output import writable_folder
 
 LOCK = ".lock"
 RESULTS = ("backbone.pt", "summary.json", "report.html")
@@ -68,23 +69,12 @@ class RunDirectory:
         """Choose, create and lock the run directory for ``name`` under ``root``.
 
         Raises :class:`RunLocked` when the directory this command must use (``resume=True`` on
-        an existing run) is being written by another process, and ``ValueError`` / ``OSError``
-        with the path for a bad name or an unusable ``root``.
+        an existing run) is being written by another process, and ``ValueError`` naming the
+        path for a bad name or an unusable ``root``.
         """
         if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise ValueError(f"run name must be a plain folder name, got {name!r} (set name=...)")
-        root = Path(root).expanduser()
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(
-                f"cannot create the runs folder '{root}' ({err.strerror or err}); set "
-                "output.dir=... to a writable folder"
-            ) from err
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise PermissionError(
-                f"the runs folder '{root}' is not writable; set output.dir=... to a writable folder"
-            )
+        root = writable_folder(root, "output.dir")
         first = root / name
         if resume and has_checkpoint(first):
             return cls._lock(first, refuse=True)
