@@ -116,6 +116,7 @@ def write_embeddings(
 def _load_source(run: Path, data: str | None, split: str, channels: int) -> Any:
     """The dataset to embed: ``data`` (a name or a path), else the run's config.yaml dataset."""
     from twinview.data import load_dataset
+    from twinview.run.data import dataset_kwargs
     from twinview.run.reader import read_run_config, run_config_path
 
     kwargs: dict[str, Any] = {}
@@ -126,9 +127,7 @@ def _load_source(run: Path, data: str | None, split: str, channels: int) -> Any:
             )
         cfg = read_run_config(run)  # the same dataset arguments as build_data uses
         data = cfg.data.dataset
-        kwargs = {"root": cfg.data.root, **cfg.data.options}
-        if cfg.data.channels is not None:
-            kwargs["channels"] = cfg.data.channels
+        kwargs = dataset_kwargs(cfg.data)
     elif Path(data).expanduser().exists():  # a folder or file list: decode to the right channels
         kwargs["channels"] = channels
     source = load_dataset(data, split=split, **kwargs)

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
+import sys
+import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from twinview.data import FolderLoader, ImageFolder, decode_image, load_dataset
+from twinview.data.decode import (
+    DECODE_ERRORS,
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    check_image,
+)
+
+try:
+    from messy_folder import make_messy_folder
+except ImportError:  # tests/ is on sys.path only once a test at its top level was collected
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from messy_folder import make_messy_folder
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 200, 0)
 
@@ -210,3 +227,156 @@ def test_file_failing_at_decode_time_is_replaced_and_counted(tmp_path: Path) -> 
     assert len(batches) == 1 and batches[0].views[0].shape == (5, 3, 4, 4)
     assert loader.skipped_files == [str(tmp_path / "2.png")]
     assert any("1 unreadable file(s) skipped" in str(w.message) for w in caught)
+
+
+def test_messy_folder_loads_every_readable_image_and_names_each_broken_file_once(
+    tmp_path: Path,
+) -> None:
+    info = make_messy_folder(tmp_path / "photos")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = load_dataset(str(info["root"]))
+    messages = [str(w.message) for w in caught]
+    assert source.classes == info["classes"] and len(source) == info["n_images"]
+    assert sorted(source.paths) == sorted(info["images"])
+    for i, path in enumerate(source.paths):
+        image, label = source[i]
+        assert image.dtype == torch.uint8 and image.shape == (3, *info["images"][path]), path
+        assert source.classes[label] == Path(path).relative_to(info["root"]).parts[0]
+    rotated, _ = source[source.paths.index(info["rotated"])]
+    assert rotated.shape == (3, 48, 24)  # stored 48 wide x 24 high; EXIF 6 turns it upright
+    assert sorted(p for p, _ in source.skipped) == sorted(info["broken"])
+    for path in info["broken"]:
+        assert sum(path in m for m in messages) == 1, path
+    for path in info["ignored"]:
+        assert not any(path in m for m in messages), path
+    total = info["n_images"] + len(info["broken"])
+    counts = [m for m in messages if m.startswith(f"{info['root']}: skipped")]
+    assert len(counts) == 1 and f"skipped {len(info['broken'])} of {total} files" in counts[0]
+
+
+def _write_images(folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", (4, 4), (i * 30, 0, 0)).save(folder / name)
+
+
+def test_symlink_loop_back_to_root_yields_each_image_once(tmp_path: Path) -> None:
+    _write_images(tmp_path, ["a.png"])
+    _write_images(tmp_path / "sub", ["b.png"])
+    (tmp_path / "sub" / "self").symlink_to("..", target_is_directory=True)
+    source = ImageFolder(tmp_path)
+    assert source.paths == [str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.png")]
+
+
+def test_two_symlink_loops_terminate_quickly(tmp_path: Path) -> None:
+    _write_images(tmp_path / "x", ["a.png", "b.png"])
+    _write_images(tmp_path / "y", ["c.png"])
+    (tmp_path / "x" / "to_y").symlink_to("../y", target_is_directory=True)
+    (tmp_path / "y" / "to_x").symlink_to("../x", target_is_directory=True)
+    (tmp_path / "y" / "up").symlink_to("..", target_is_directory=True)
+    start = time.perf_counter()
+    source = ImageFolder(tmp_path, labeled=False)
+    assert time.perf_counter() - start < 5.0
+    assert len(source) == 3
+    names = sorted(Path(p).name for p in source.paths)
+    assert names == ["a.png", "b.png", "c.png"]
+
+
+def test_file_linked_twice_is_used_once_under_its_first_path(tmp_path: Path) -> None:
+    _write_images(tmp_path / "cat", ["a.png", "b.png"])
+    _write_images(tmp_path / "dog", ["c.png"])
+    (tmp_path / "dog" / "link1.png").symlink_to(tmp_path / "cat" / "a.png")
+    (tmp_path / "dog" / "link2.png").symlink_to("../cat/a.png")
+    source = ImageFolder(tmp_path)
+    assert source.paths == [str(tmp_path / p) for p in ("cat/a.png", "cat/b.png", "dog/c.png")]
+    assert source.labels.tolist() == [0, 0, 1]
+
+
+def test_unreadable_subfolder_is_named_in_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_images(tmp_path / "ok", ["a.png"])
+    _write_images(tmp_path / "locked", ["b.png", "c.png"])
+    _write_images(tmp_path / "locked2", ["d.png"])
+    locked = [tmp_path / "locked", tmp_path / "locked2"]
+    for folder in locked:
+        folder.chmod(0)
+    try:
+        if os.access(locked[0], os.R_OK):  # root reads anything: make listing fail by hand
+            real_scandir = os.scandir
+
+            def scandir(path=".", *args, **kwargs):
+                if Path(os.fspath(path)) in locked:
+                    raise PermissionError(13, "Permission denied", os.fspath(path))
+                return real_scandir(path, *args, **kwargs)
+
+            monkeypatch.setattr(os, "scandir", scandir)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            source = ImageFolder(tmp_path, labeled=False)
+    finally:
+        for folder in locked:
+            folder.chmod(0o755)
+    assert source.paths == [str(tmp_path / "ok" / "a.png")]
+    assert [f for f, _ in source.unreadable_folders] == [str(f) for f in locked]
+    about = [str(w.message) for w in caught if "could not be read" in str(w.message)]
+    assert len(about) == 1
+    assert all(str(f) in about[0] for f in locked)
+    assert "not used" in about[0] and "permission" in about[0] and "chmod" in about[0]
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A valid 16x16 PNG whose header (IHDR, CRC fixed) declares ``width`` x ``height``."""
+    data = bytearray(_png_bytes(Image.new("RGB", (16, 16), RED)))
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_max_pixels_skips_images_declaring_a_huge_size_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_images(tmp_path, ["a.png", "b.png"])
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_declaring(12000, 12000))
+    assert len(bomb.read_bytes()) < 200 and DEFAULT_MAX_PIXELS >= 6000 * 4000
+    camera = tmp_path / "camera.png"
+    camera.write_bytes(_png_declaring(6000, 4000))  # a 24 MP photo's size passes the default
+    loads = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = load_dataset(str(tmp_path))
+    messages = [str(w.message) for w in caught]
+    assert str(bomb) not in source.paths and str(camera) in source.paths
+    assert [p for p, _ in source.skipped] == [str(bomb)]
+    reason = source.skipped[0][1]
+    assert "12000x12000" in reason and f"max_pixels={DEFAULT_MAX_PIXELS}" in reason
+    assert "data.max_pixels=" in reason
+    assert sum(str(bomb) in m for m in messages) == 1
+    assert any("skipped 1 of 4 files" in m for m in messages)
+    assert not any("DecompressionBomb" in m for m in messages)  # our check replaces Pillow's
+    with pytest.raises(ImageTooLargeError, match=r"12000x12000.*data\.max_pixels") as error:
+        decode_image(bomb)
+    assert isinstance(error.value, DECODE_ERRORS) and loads == []  # refused before decoding
+    # The limit is what stops it: without one, the header check lets the bomb through.
+    with pytest.warns(Image.DecompressionBombWarning):  # only Pillow's warning is left then
+        assert str(bomb) in ImageFolder(tmp_path, max_pixels=None, warn=False).paths
+    with pytest.raises(ValueError, match="no readable image"):  # 4x4 and 16x16 files: > 15
+        load_dataset(str(tmp_path), max_pixels=15, warn=False)
+    assert check_image(bomb, max_pixels=12000 * 12000) is None
+
+
+def test_max_pixels_refused_at_load_time_with_verify_none_and_bad_values(tmp_path: Path) -> None:
+    _write_images(tmp_path, ["a.png"])
+    (tmp_path / "b_bomb.png").write_bytes(_png_declaring(12000, 12000))
+    source = ImageFolder(tmp_path, verify="none")
+    assert len(source) == 2  # not opened at scan time
+    with pytest.warns(UserWarning, match=r"b_bomb\.png: ImageTooLargeError: 12000x12000"):
+        image, _ = source[1]
+    assert image.shape == (3, 4, 4)  # replaced by the next readable sample, a.png
+    for bad in (0, -5, 1.5, "big", True):
+        with pytest.raises(ValueError, match="max_pixels must be a positive whole number"):
+            ImageFolder(tmp_path, max_pixels=bad)

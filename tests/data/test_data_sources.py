@@ -243,3 +243,27 @@ def test_load_dataset_channels_option_matches_pillow(tmp_path: Path) -> None:
 
     replicated = with_channels(ArraySource(images[:, :1]), 3)
     assert replicated.channels == 3 and torch.equal(replicated.images[:, 2:], rgb)
+
+
+def test_load_dataset_unknown_option_names_it_lists_options_and_suggests(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as error:
+        load_dataset("synthetic", bogus=1)
+    message = str(error.value)
+    assert message.startswith("dataset 'synthetic' has no option 'bogus'; its options are: ")
+    assert "n, size, channels, num_classes, seed" in message
+    assert "data.options.<name>=" in message and "did you mean" not in message
+    with pytest.raises(ValueError, match=r"no option 'sede' \(did you mean 'seed'\?\)"):
+        load_dataset("synthetic", n=4, sede=1)
+    # Checked before any file is looked for: no download, no missing-file error first.
+    with pytest.raises(ValueError, match=r"'fashion_mnist' has no option 'n'.*download, channels"):
+        load_dataset("fashion_mnist", root=tmp_path / "nowhere", n=5)
+    with pytest.raises(ValueError, match=r"'cifar10' has no option 'label_type'.*: channels \("):
+        load_dataset("cifar10", root=tmp_path, label_type="coarse")
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"\(an image folder\) has no option 'foo'.*max_pixels"):
+        load_dataset(str(tmp_path), foo=1)
+    (tmp_path / "list.txt").write_text("a.png\n")
+    with pytest.raises(ValueError, match=r"\(a file list\) has no option 'chanels'.*'channels'"):
+        load_dataset(str(tmp_path / "list.txt"), chanels=1)
+    assert len(load_dataset("synthetic", n=4, size=8, channels=1, num_classes=2, seed=3)) == 4
+    assert len(load_dataset(str(tmp_path), max_pixels=100, verify="full", labeled=False)) == 1

@@ -3,17 +3,14 @@ broken file is named once."""
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from twinview.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from messy_folder import make_messy_folder  # noqa: E402
+from messy_folder import make_messy_folder
 
 FAST = [
     "views.size=32",

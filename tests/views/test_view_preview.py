@@ -55,3 +55,38 @@ def test_same_seed_same_png_and_errors(tmp_path: Path) -> None:
         preview(x, views, tmp_path / "grid.jpg")
     with pytest.raises(ValueError, match="n must be >= 1"):
         preview(x, views, tmp_path / "grid.png", n=0)
+
+
+def test_list_of_mixed_sizes_is_square_cropped_to_the_view_size(tmp_path: Path) -> None:
+    square = _images(1, 3, 32)[0]  # already the view size: shown unchanged
+    tall = torch.empty(3, 30, 20, dtype=torch.uint8)  # 30 high, 20 wide, one colour per half
+    tall[:, :15] = torch.tensor([200, 40, 10], dtype=torch.uint8).view(3, 1, 1)
+    tall[:, 15:] = torch.tensor([10, 40, 200], dtype=torch.uint8).view(3, 1, 1)
+    views = build_views("byol", size=32)
+    path = preview([square, tall], views, tmp_path / "mixed.png", n=2)
+    grid = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    scale, cell = 3, 96  # every image is brought to 32 x 32 first
+    assert grid.shape == (HEADER + 2 * cell + 3 * GAP, 3 * cell + 4 * GAP, 3)
+    first = grid[HEADER + GAP : HEADER + GAP + cell : scale, GAP : GAP + cell : scale]
+    assert np.array_equal(first, square.permute(1, 2, 0).numpy())
+    y0 = HEADER + GAP + cell + GAP
+    second = grid[y0 : y0 + cell : scale, GAP : GAP + cell : scale]
+    # 20 wide -> 32, 30 high -> 48, centre 32 rows kept: the colour edge sits mid-tile.
+    assert np.abs(second[:12] - [200, 40, 10]).max() <= 1
+    assert np.abs(second[20:] - [10, 40, 200]).max() <= 1
+    # The whole 96 px cell is filled: the 20 px wide image was not pasted narrow on white.
+    assert not (grid[y0 : y0 + cell, GAP : GAP + cell] == 255).all(axis=2).any()
+    # A list of one size is the same grid as the stacked batch.
+    same = [_images(1, 3, 32)[0], _images(2, 3, 32)[1]]
+    a = preview(same, views, tmp_path / "a.png", seed=3).read_bytes()
+    assert a == preview(torch.stack(same), views, tmp_path / "b.png", seed=3).read_bytes()
+
+
+def test_list_of_images_errors_name_the_problem(tmp_path: Path) -> None:
+    views = build_views("byol", size=16)
+    with pytest.raises(ValueError, match="empty"):
+        preview([], views, tmp_path / "grid.png")
+    with pytest.raises(ValueError, match=r"images\[1\] must be a \(C, H, W\) tensor"):
+        preview([_images(1, 3, 16)[0], _images(1, 3, 16)], views, tmp_path / "grid.png")
+    with pytest.raises(ValueError, match="mix 1- and 3-channel images"):
+        preview([_images(1, 3, 16)[0], _images(1, 1, 20)[0]], views, tmp_path / "grid.png")

@@ -11,13 +11,13 @@ folders), :func:`ordered_batches` for evaluation; :func:`train_val_split` holds 
 from twinview.data.arrays import ArraySource
 from twinview.data.batch import Batch
 from twinview.data.cifar import CIFAR10, CIFAR100
-from twinview.data.decode import decode_image
+from twinview.data.decode import DEFAULT_MAX_PIXELS, ImageTooLargeError, decode_image
 from twinview.data.fashion_mnist import FashionMNIST, cache_dir
 from twinview.data.folder import ImageFolder
 from twinview.data.folder_loader import FolderLoader
 from twinview.data.loaders import build_loader, ordered_batches
 from twinview.data.memory_loader import InMemoryLoader
-from twinview.data.registry import DATASETS, load_dataset
+from twinview.data.registry import DATASETS, builtin_name, load_dataset
 from twinview.data.sampling import epoch_indices, mix_seed
 from twinview.data.splits import Subset, subset, train_val_split
 from twinview.data.stl10 import STL10
@@ -27,16 +27,19 @@ __all__ = [
     "CIFAR10",
     "CIFAR100",
     "DATASETS",
+    "DEFAULT_MAX_PIXELS",
     "STL10",
     "ArraySource",
     "Batch",
     "FashionMNIST",
     "FolderLoader",
     "ImageFolder",
+    "ImageTooLargeError",
     "InMemoryLoader",
     "Subset",
     "SyntheticShapes",
     "build_loader",
+    "builtin_name",
     "cache_dir",
     "decode_image",
     "epoch_indices",

@@ -10,11 +10,19 @@ grayscale with ``channels=1``) the same, correct way:
   background: transparent PNGs are usually dark drawings or logos meant for a light page.
 - CMYK (Adobe-inverted JPEGs included, which Pillow handles), YCbCr, LAB, HSV, palette and 1-bit
   images go through Pillow's conversion to RGB.
+
+Size limit: a file's header declares its size, and a 100-byte PNG can declare 12000x12000, which
+decodes to gigabytes. :func:`decode_image` and :func:`check_image` read the header first and
+refuse (:class:`ImageTooLargeError`) images over ``max_pixels`` before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -23,6 +31,76 @@ from torch import Tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 BACKGROUND = (255, 255, 255)
+
+#: Largest image (width x height) decoded by default: 8192 x 8192, about 67 megapixels. Every
+#: consumer camera (24 MP is 6000x4000; 61 MP full-frame bodies), 48-50 MP phone sensors in
+#: full-resolution mode and 8K frames pass; one such decode costs ~200 MB as RGB (more while
+#: converting modes), so a few DataLoader workers stay within a laptop's memory. It is also below
+#: Pillow's own decompression-bomb warning (~89.5 MP), so accepted files never trigger it.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+
+class ImageTooLargeError(ValueError):
+    """An image's header declares more pixels than ``max_pixels``; nothing was decoded."""
+
+
+def _too_large(path: str | os.PathLike[str], pixels: int, size: str, max_pixels: int) -> str:
+    return (
+        f"{size} = {pixels / 1e6:.1f} megapixels is over the limit of max_pixels={max_pixels} "
+        f"({max_pixels / 1e6:.1f} megapixels; decoding would take ~{3 * pixels / 2**30:.1f} GiB). "
+        f"If {os.fspath(path)} really is that large, raise the limit with "
+        "data.max_pixels=<pixels> (max_pixels=... in Python), or downscale the image"
+    )
+
+
+def check_max_pixels(max_pixels: int | None) -> None:
+    """Raise a clear ValueError unless ``max_pixels`` is a positive int or None."""
+    if max_pixels is not None and (
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
+    ):
+        raise ValueError(
+            f"max_pixels must be a positive whole number of pixels (width * height) or None for "
+            f"no limit, got {max_pixels!r}; e.g. data.max_pixels={DEFAULT_MAX_PIXELS}"
+        )
+
+
+@contextmanager
+def open_image(
+    path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Iterator[Image.Image]:
+    """``Image.open`` (header only, nothing decoded) that refuses images over ``max_pixels``.
+
+    Raises :class:`ImageTooLargeError` before decoding when ``width * height > max_pixels``.
+    With a limit set, Pillow's own decompression-bomb warning is silenced (this check replaces
+    it); ``max_pixels=None`` turns the check off and leaves Pillow's protection as it is.
+    """
+    check_max_pixels(max_pixels)
+    with warnings.catch_warnings():
+        if max_pixels is not None:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as error:
+            # Over twice Pillow's MAX_IMAGE_PIXELS: Pillow refuses before we see the size.
+            found = re.search(r"\((\d+) pixels\)", str(error))
+            if max_pixels is None or found is None:
+                raise
+            pixels = int(found.group(1))
+            if pixels > max_pixels:
+                raise ImageTooLargeError(
+                    _too_large(path, pixels, f"{pixels} pixels", max_pixels)
+                ) from error
+            raise ImageTooLargeError(
+                f"{error} max_pixels={max_pixels} allows it, but Pillow refuses it too: also "
+                "raise PIL.Image.MAX_IMAGE_PIXELS to use images this large"
+            ) from error
+    with img:
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLargeError(
+                _too_large(path, width * height, f"{width}x{height}", max_pixels)
+            )
+        yield img
 
 
 def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
@@ -50,15 +128,22 @@ def to_rgb_or_l(img: Image.Image, channels: int = 3) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def decode_image(path: str | os.PathLike[str], *, channels: int = 3) -> Tensor:
+def decode_image(
+    path: str | os.PathLike[str],
+    *,
+    channels: int = 3,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Tensor:
     """Read an image file into a uint8 tensor (channels, H, W), EXIF orientation applied.
 
     Raises the underlying error (``OSError``, ``SyntaxError``, ``ValueError``, ...) on unreadable
-    files; callers that must not crash catch :data:`DECODE_ERRORS`.
+    files, and :class:`ImageTooLargeError` (a ``ValueError``), before decoding, when the header
+    declares more than ``max_pixels`` pixels (None: no limit); callers that must not crash catch
+    :data:`DECODE_ERRORS`.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    with Image.open(path) as img:
+    with open_image(path, max_pixels=max_pixels) as img:
         img.load()
         img = ImageOps.exif_transpose(img)
         img = to_rgb_or_l(img, channels)
@@ -81,21 +166,28 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def check_image(path: str | os.PathLike[str], *, full: bool = False) -> str | None:
-    """Cheap integrity check; returns None when fine, else the reason the file is unreadable.
+def check_image(
+    path: str | os.PathLike[str],
+    *,
+    full: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> str | None:
+    """Cheap integrity check; returns None when fine, else the reason the file can't be used.
 
-    Always: not empty, Pillow recognises the header. PNG: chunk CRCs and IEND (``verify``).
+    Always: not empty, Pillow recognises the header, the declared size is at most ``max_pixels``
+    (read from the header, nothing decoded). PNG: chunk CRCs and IEND (``verify``).
     JPEG: a full decode when the end-of-image marker is missing from the last KiB (truncated
     files; a trailer after the image decodes fine). ``full=True`` decodes every image, which
     catches everything but costs a full decode.
     """
+    check_max_pixels(max_pixels)
     try:
         if os.path.getsize(path) == 0:
             return "zero-byte file"
         if full:
-            decode_image(path)
+            decode_image(path, max_pixels=max_pixels)
             return None
-        with Image.open(path) as img:
+        with open_image(path, max_pixels=max_pixels) as img:
             fmt = img.format
             if fmt == "PNG":
                 img.verify()
@@ -106,7 +198,7 @@ def check_image(path: str | os.PathLike[str], *, full: bool = False) -> str | No
             # No end-of-image marker near the end: truncated, or data appended after the image
             # (phones' "motion photos" do that). Only a full decode can tell; do it for these.
             if b"\xff\xd9" not in tail:
-                decode_image(path)
+                decode_image(path, max_pixels=max_pixels)
     except DECODE_ERRORS as error:
         return f"{type(error).__name__}: {error}"
     return None

@@ -12,10 +12,16 @@ into ``2019/``, ``2020/`` looks labeled to the detector: pass ``labeled=False``)
 (``.txt``: one path per line; ``.csv``: a ``path`` column and an optional ``label`` column,
 relative paths resolved against the list's folder) is the alternative to a folder scan.
 
+Symbolic links are followed, but each real folder is walked once and each real file used once
+(the first path the sorted scan meets), so a link back up the tree (``sub/self -> ..``) neither
+repeats images nor loops forever. Folders that cannot be listed (permissions) are named in one
+warning: the images inside are not used.
+
 Unreadable files never crash a run. The scan checks each file cheaply (see
-:func:`~twinview.data.decode.check_image`; ``verify="full"`` decodes everything) and skips bad ones
-with one warning per file and a count. A file that still fails when decoded later is warned about
-by name and replaced by the next readable sample. A folder with no readable image raises at once.
+:func:`~twinview.data.decode.check_image`; ``verify="full"`` decodes everything) and skips bad ones,
+and ones whose header declares more than ``max_pixels`` pixels, with one warning per file and a
+count. A file that still fails when decoded later is warned about by name and replaced by the next
+readable sample. A folder with no readable image raises at once.
 """
 
 from __future__ import annotations
@@ -28,17 +34,57 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from twinview.data.decode import DECODE_ERRORS, IMAGE_EXTENSIONS, check_image, decode_image
+from twinview.data.decode import (
+    DECODE_ERRORS,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    check_image,
+    check_max_pixels,
+    decode_image,
+)
 
 
-def _scan(root: Path) -> list[Path]:
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
+def _scan(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image paths below ``root`` in sorted depth-first order, and the folders that could not be
+    listed as ``[(folder, reason)]``.
+
+    Links are followed; a real folder (``(st_dev, st_ino)``) is walked only the first time it is
+    reached, which ends link loops, and a real file reached by several paths is kept under the
+    first one.
+    """
+    found: list[Path] = []
+    unreadable: list[tuple[str, str]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+
+    def on_error(error: OSError) -> None:
+        unreadable.append((str(error.filename), error.strerror or str(error)))
+
+    for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError as error:
+            on_error(error)
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen_dirs:
+            dirs[:] = []  # reached again through a link: already walked
+            continue
+        seen_dirs.add((info.st_dev, info.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(folder) / name)
-    return found
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = Path(folder) / name
+            try:
+                file_info = os.stat(path)
+            except OSError:
+                found.append(path)  # a broken link: reported as "file not found" by the caller
+                continue
+            if (file_info.st_dev, file_info.st_ino) not in seen_files:
+                seen_files.add((file_info.st_dev, file_info.st_ino))
+                found.append(path)
+    return found, unreadable
 
 
 def _read_list(path: Path) -> tuple[list[Path], list[str] | None]:
@@ -69,10 +115,15 @@ class ImageFolder:
         verify: ``"header"`` (default: cheap checks at scan time), ``"full"`` (decode every file
             once at scan time) or ``"none"`` (only empty files are skipped at scan time).
         warn: emit a warning per skipped file.
+        max_pixels: largest ``width * height`` used (default
+            :data:`~twinview.data.decode.DEFAULT_MAX_PIXELS`, 8192 x 8192; None: no limit). The
+            scan reads each header (no decoding) and skips larger files; with ``verify="none"``
+            they are refused when first loaded instead, never decoded.
 
     Attributes: ``paths`` (str per sample), ``labels`` (long (N,), -1 when unlabeled),
-    ``classes``, ``num_classes``, ``channels``, ``skipped`` (``[(path, reason)]`` of files left
-    out, at scan time and later). ``source[i]`` returns ``(image uint8 (C, H, W), label)``.
+    ``classes``, ``num_classes``, ``channels``, ``max_pixels``, ``skipped`` (``[(path, reason)]``
+    of files left out, at scan time and later), ``unreadable_folders`` (``[(folder, reason)]``
+    that could not be listed). ``source[i]`` returns ``(image uint8 (C, H, W), label)``.
     """
 
     def __init__(
@@ -83,15 +134,19 @@ class ImageFolder:
         channels: int = 3,
         verify: str = "header",
         warn: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if verify not in ("none", "header", "full"):
             raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
+        check_max_pixels(max_pixels)
         self.root = Path(root).expanduser()
         self.channels = channels
         self.warn = warn
+        self.max_pixels = max_pixels
         self.skipped: list[tuple[str, str]] = []
+        self.unreadable_folders: list[tuple[str, str]] = []
         label_names: list[str] | None
         if self.root.is_file():
             candidates, label_names = _read_list(self.root)
@@ -102,7 +157,9 @@ class ImageFolder:
                     f"{self.root}: labeled=True needs a CSV file list with a 'label' column"
                 )
         elif self.root.is_dir():
-            candidates = _scan(self.root)
+            candidates, self.unreadable_folders = _scan(self.root)
+            if self.unreadable_folders and warn:
+                self._warn_unreadable_folders()
             label_names = self._folder_labels(candidates, labeled)
         else:
             raise FileNotFoundError(f"image folder or file list {self.root} does not exist")
@@ -113,7 +170,7 @@ class ImageFolder:
             elif verify == "none":
                 reason = "zero-byte file" if path.stat().st_size == 0 else None
             else:
-                reason = check_image(path, full=verify == "full")
+                reason = check_image(path, full=verify == "full", max_pixels=max_pixels)
             if reason is None:
                 kept.append(str(path))
                 if label_names is not None:
@@ -123,7 +180,7 @@ class ImageFolder:
         if self.skipped and warn:
             warnings.warn(
                 f"{self.root}: skipped {len(self.skipped)} of {len(candidates)} files as "
-                "unreadable (named in the warnings above)",
+                "unreadable or too large (named in the warnings above)",
                 stacklevel=2,
             )
         if not kept:
@@ -164,7 +221,16 @@ class ImageFolder:
     def _skip(self, path: str, reason: str) -> None:
         self.skipped.append((path, reason))
         if self.warn:
-            warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
+            warnings.warn(f"skipping image {path}: {reason}", stacklevel=3)
+
+    def _warn_unreadable_folders(self) -> None:
+        listed = "; ".join(f"{folder} ({reason})" for folder, reason in self.unreadable_folders)
+        warnings.warn(
+            f"{self.root}: {len(self.unreadable_folders)} folder(s) could not be read, so the "
+            f"images inside them were not used: {listed}. Give your user read and list "
+            "permission (e.g. chmod -R u+rX <folder>) to use them, or move them out of the folder.",
+            stacklevel=3,
+        )
 
     @property
     def num_classes(self) -> int | None:
@@ -187,7 +253,9 @@ class ImageFolder:
             if j in self._failed:
                 continue
             try:
-                image = decode_image(self.paths[j], channels=self.channels)
+                image = decode_image(
+                    self.paths[j], channels=self.channels, max_pixels=self.max_pixels
+                )
                 return image, int(self.labels[j]), failed
             except DECODE_ERRORS as error:
                 self._failed.add(j)

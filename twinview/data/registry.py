@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,54 @@ from twinview.data.synthetic import SyntheticShapes
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "synthetic")
 SPLITS = ("train", "test", "unlabeled")
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "stl-10": "stl10"}
+_SOURCES: dict[str, Callable[..., Any]] = {
+    "fashion_mnist": FashionMNIST,
+    "cifar10": CIFAR10,
+    "cifar100": CIFAR100,
+    "stl10": STL10,
+    "synthetic": SyntheticShapes,
+}
+#: Arguments load_dataset sets itself, never options: the split, and where the files are.
+_OWN_ARGUMENTS = ("split", "root")
+
+
+def source_options(factory: Callable[..., Any], extra: Iterable[str] = ()) -> list[str]:
+    """The keyword options a source's constructor takes (from its signature), plus ``extra``,
+    less the ones :func:`load_dataset` passes itself."""
+    names = [
+        name
+        for name, param in inspect.signature(factory).parameters.items()
+        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+        and name not in _OWN_ARGUMENTS
+    ]
+    return names + [name for name in extra if name not in names]
+
+
+def check_options(dataset: str, options: Iterable[str], given: dict[str, Any]) -> None:
+    """Raise a ValueError naming the first option in ``given`` that ``dataset`` does not take.
+
+    Why: a misspelt ``data.options.sede=1`` would otherwise end in a TypeError traceback from
+    deep inside a constructor (or, worse, be ignored); this names the option, the dataset, the
+    valid options and the closest match.
+    """
+    options = list(options)
+    for key in given:
+        if key in options:
+            continue
+        close = difflib.get_close_matches(key, options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"dataset {dataset} has no option {key!r}{hint}; its options are: "
+            f"{', '.join(options) or 'none'} (set them as data.options.<name>=...)"
+        )
+
+
+def builtin_name(name_or_path: str | os.PathLike[str]) -> str | None:
+    """The built-in dataset ``name_or_path`` names (aliases resolved), or None when it is a path
+    to the user's own images (a folder or file list of that name wins over a built-in name)."""
+    key = str(name_or_path)
+    name = _ALIASES.get(key.lower(), key.lower())
+    return name if name in DATASETS and not Path(key).exists() else None
 
 
 def load_dataset(
@@ -38,9 +89,10 @@ def load_dataset(
             ``"train"`` falls back to the folder itself.
         root: where a built-in dataset's files are (default: its search order / cache folder).
         kwargs: passed on to the source (``download``, ``label_type``, ``n``, ``size``, ``seed``,
-            ``labeled``, ``channels``, ``verify``, ...). ``channels`` (1 or 3) works for every
-            dataset: built-in grayscale images are replicated to RGB, RGB ones reduced to
-            luminance (ITU-R 601 weights, as Pillow's ``convert("L")``).
+            ``labeled``, ``channels``, ``verify``, ``max_pixels``, ...); an option the source does
+            not take raises a ValueError that lists the ones it does. ``channels`` (1 or 3) works
+            for every dataset: built-in grayscale images are replicated to RGB, RGB ones reduced
+            to luminance (ITU-R 601 weights, as Pillow's ``convert("L")``).
     """
     if split not in SPLITS:
         hint = (
@@ -50,10 +102,12 @@ def load_dataset(
         )
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}{hint}")
     key = str(name_or_path)
-    name = _ALIASES.get(key.lower(), key.lower())
-    if name in DATASETS and not Path(key).exists():
+    name = builtin_name(key)
+    if name is not None:
         if split == "unlabeled" and name != "stl10":
             raise ValueError(f"split 'unlabeled' exists only for stl10, not {name}")
+        extra = () if name == "synthetic" else ("channels",)  # see with_channels
+        check_options(repr(name), source_options(_SOURCES[name], extra), kwargs)
         if name == "synthetic":
             return SyntheticShapes(split=split, **kwargs)
         channels = kwargs.pop("channels", None)
@@ -73,6 +127,8 @@ def load_dataset(
             "of that name exists. Pass a built-in name, or the path to a folder of images "
             "(or a .txt / .csv file list)."
         )
+    kind = "a file list" if path.is_file() else "an image folder"
+    check_options(f"{key!r} ({kind})", source_options(ImageFolder), kwargs)
     if path.is_file():
         if path.suffix.lower() not in (".txt", ".csv"):
             raise ValueError(f"{path}: a file list must end in .txt or .csv")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from twinview.config import PretrainConfig
-from twinview.data import load_dataset, subset, train_val_split
+from twinview.config import DataConfig, PretrainConfig
+from twinview.data import builtin_name, load_dataset, subset, train_val_split
 
 
 @dataclass
@@ -30,14 +30,23 @@ class DataSplits:
     num_classes: int | None
 
 
+def dataset_kwargs(d: DataConfig) -> dict[str, Any]:
+    """``load_dataset`` arguments of a data config: root, options, channels, and for the user's
+    own images (folders, file lists) the ``max_pixels`` limit."""
+    kwargs: dict[str, Any] = {"root": d.root, **d.options}
+    if d.channels is not None:
+        kwargs["channels"] = d.channels
+    if builtin_name(d.dataset) is None:
+        kwargs.setdefault("max_pixels", d.max_pixels)
+    return kwargs
+
+
 def build_data(cfg: PretrainConfig) -> DataSplits:
     """The run's splits: ``train`` minus a validation part held out with a fixed seed (the same
     split for pretraining, monitors and evaluation), ``val``, and ``test`` when the dataset has
     one (an image folder without a ``test`` subfolder has none)."""
     d = cfg.data
-    kwargs: dict[str, Any] = {"root": d.root, **d.options}
-    if d.channels is not None:
-        kwargs["channels"] = d.channels
+    kwargs = dataset_kwargs(d)
     full = load_dataset(d.dataset, split="train", **kwargs)
     train_idx, val_idx = train_val_split(len(full), val_fraction=d.val_fraction, seed=0)
     try:
