@@ -3,6 +3,12 @@
 This is the bug class that has hit peer libraries more than once: negatives gathered without
 gradient, labels not offset by rank, BatchNorm statistics that differ between the two setups.
 Methods are built with twinview's SyncBatchNorm so BN sees the same global batch either way.
+
+Everything runs in float64: the two setups sum in different orders (per-process partial sums,
+BN statistics over a split batch, convolution kernels that block differently per CPU), and in
+float32 that alone moves some gradients by ~1e-5 on some CPUs (Intel AMX), as much as a small
+real bug would. In float64 the two agree to ~1e-14 of the gradients' scale on any CPU, so the
+tolerance can be 1e-10 relative, far below any error a missing gradient path would cause.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from twinview.nn.batchnorm import SyncBatchNorm, convert_sync_batchnorm
 pytestmark = pytest.mark.distributed
 WORLD = 2
 BATCH = 6  # per process
+DTYPE = torch.float64
+RTOL = 1e-10  # relative to each tensor's values, and to the largest value for near-zero entries
 
 
 def _free_port() -> int:
@@ -43,19 +51,36 @@ def _build(name: str) -> nn.Module:
         nn.Flatten(),
     )
     method = build_method(name, backbone, feature_dim=8, hidden_dim=16, out_dim=8)
-    return convert_sync_batchnorm(method)
+    return convert_sync_batchnorm(method).to(DTYPE)
 
 
 def _global_views() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return [torch.randn(WORLD * BATCH, 3, 6, 6, generator=g) for _ in range(2)]
+    return [torch.randn(WORLD * BATCH, 3, 6, 6, generator=g, dtype=DTYPE) for _ in range(2)]
 
 
 def _loss_and_grads(method: nn.Module, views: list[torch.Tensor]):
     out = method(views)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-    return out.loss.detach(), grads
+    # BN running statistics (online and momentum encoders) must also see the global batch.
+    buffers = {n: b.clone() for n, b in method.named_buffers()}
+    return out.loss.detach(), grads, buffers
+
+
+def _assert_close_to_scale(got: dict, ref: dict, what: str) -> None:
+    """Each tensor within RTOL of its reference; absolute slack RTOL x the largest reference value.
+
+    The absolute part is for entries whose true value is ~0 (a conv bias in front of BatchNorm
+    has gradient exactly 0): what is computed there is rounding noise on the scale of the whole
+    computation, not of the entry itself.
+    """
+    assert set(got) == set(ref), what
+    scale = max(r.abs().max().item() for r in ref.values())
+    for key, r in ref.items():
+        torch.testing.assert_close(
+            got[key], r, rtol=RTOL, atol=RTOL * scale, msg=lambda m, k=key: f"{what} {k}: {m}"
+        )
 
 
 def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
@@ -65,7 +90,7 @@ def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
     try:
         method = _build(name)
         local = [v[rank * BATCH : (rank + 1) * BATCH] for v in _global_views()]
-        loss, grads = _loss_and_grads(method, local)
+        loss, grads, buffers = _loss_and_grads(method, local)
         # What DDP does: average gradients and (for logging) the loss over processes.
         for g in grads.values():
             dist.all_reduce(g)
@@ -73,7 +98,9 @@ def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
         dist.all_reduce(loss)
         loss /= WORLD
         if rank == 0:
-            torch.save({"loss": loss, "grads": grads}, Path(out_dir) / "result.pt")
+            torch.save(
+                {"loss": loss, "grads": grads, "buffers": buffers}, Path(out_dir) / "result.pt"
+            )
     finally:
         dist.destroy_process_group()
 
@@ -82,11 +109,11 @@ def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
 def test_two_processes_equal_one_process_with_double_batch(name, tmp_path):
     mp.spawn(_worker, args=(_free_port(), name, str(tmp_path)), nprocs=WORLD, join=True)
     result = torch.load(tmp_path / "result.pt")
-    ref_loss, ref_grads = _loss_and_grads(_build(name), _global_views())
-    assert result["loss"].item() == pytest.approx(ref_loss.item(), abs=1e-5)
-    assert set(result["grads"]) == set(ref_grads)
-    for key, ref in ref_grads.items():
-        torch.testing.assert_close(result["grads"][key], ref, atol=1e-5, rtol=1e-4, msg=key)
+    ref_loss, ref_grads, ref_buffers = _loss_and_grads(_build(name), _global_views())
+    assert ref_loss.dtype == DTYPE
+    assert result["loss"].item() == pytest.approx(ref_loss.item(), rel=RTOL, abs=0)
+    _assert_close_to_scale(result["grads"], ref_grads, "gradient of")
+    _assert_close_to_scale(result["buffers"], ref_buffers, "buffer")
 
 
 def _ops_worker(rank: int, port: int, out_dir: str) -> None:
@@ -106,11 +133,16 @@ def _ops_worker(rank: int, port: int, out_dir: str) -> None:
         # SyncBatchNorm statistics over both processes
         bn = SyncBatchNorm(2)
         normed = bn(x)
+        # ... and in float64, computed in float64 (values not exact in binary: x / 3)
+        bn64 = SyncBatchNorm(2).to(torch.float64)
+        normed64 = bn64(x.to(torch.float64) / 3)
         result = {
             "keys_ok": torch.allclose(keys, expected, atol=1e-6),
             "grad": y.grad,
             "normed": normed.detach(),
             "running_mean": bn.running_mean,
+            "normed64": normed64.detach(),
+            "running64": (bn64.running_mean, bn64.running_var),
         }
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -129,6 +161,13 @@ def test_gather_shuffle_bn_and_sync_bn_across_processes(tmp_path):
     ref = ref_bn(x_all)
     torch.testing.assert_close(torch.cat([r0["normed"], r1["normed"]]), ref.detach())
     torch.testing.assert_close(r0["running_mean"], ref_bn.running_mean)
+    ref_bn64 = nn.BatchNorm1d(2).to(torch.float64)
+    ref64 = ref_bn64(x_all.to(torch.float64) / 3).detach()
+    got64 = torch.cat([r0["normed64"], r1["normed64"]])
+    assert got64.dtype == torch.float64
+    torch.testing.assert_close(got64, ref64, rtol=RTOL, atol=RTOL)  # |values| ~ 1
+    for got, ref in zip(r0["running64"], (ref_bn64.running_mean, ref_bn64.running_var)):
+        torch.testing.assert_close(got, ref, rtol=RTOL, atol=RTOL)
 
 
 def test_helpers_are_identities_on_one_process():

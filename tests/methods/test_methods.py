@@ -35,9 +35,9 @@ def make(name: str, seed: int = 0) -> Method:
     return build_method(name, tiny_backbone(), feature_dim=24, **SMALL[name])
 
 
-def views(batch: int = 6, seed: int = 1) -> list[torch.Tensor]:
+def views(batch: int = 6, seed: int = 1, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 3, 8, 8, generator=g) for _ in range(2)]
+    return [torch.randn(batch, 3, 8, 8, generator=g, dtype=dtype) for _ in range(2)]
 
 
 def momentum_pairs(method: Method) -> list[tuple[nn.Module, nn.Module]]:
@@ -56,14 +56,23 @@ def test_registry_lists_the_four_methods_and_rejects_unknown():
         build_method("simclr", tiny_backbone(), feature_dim=24, queue_size=5)
 
 
+# EMA against its formula: foreach kernels and the formula round differently (FMA or not), by an
+# ulp or two of the terms; float32 allows that with room, float64 checks it tightly.
+EMA_TOL = {
+    torch.float32: {"rtol": 1e-5, "atol": 1e-7},
+    torch.float64: {"rtol": 1e-12, "atol": 1e-14},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_two_steps_finite_loss_and_exact_ema(name):
-    method = make(name)
+def test_two_steps_finite_loss_and_exact_ema(name, dtype):
+    method = make(name).to(dtype)
     method.train()
     opt = torch.optim.SGD(method.param_groups(1e-4), lr=0.1, momentum=0.9)
     for step in range(2):
-        out = method(views(seed=step))
-        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+        out = method(views(seed=step, dtype=dtype))
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.loss.dtype == dtype
         assert out.features.shape == (6, 24) and not out.features.requires_grad
         opt.zero_grad()
         out.loss.backward()
@@ -76,7 +85,8 @@ def test_two_steps_finite_loss_and_exact_ema(name):
         m = getattr(method, "momentum", None)
         for (target, online), old in zip(momentum_pairs(method), before):
             for p_t, p_o, p_old in zip(target.parameters(), online.parameters(), old.parameters()):
-                assert torch.allclose(p_t, m * p_old + (1 - m) * p_o, atol=1e-7)
+                assert p_t.dtype == dtype
+                assert torch.allclose(p_t, m * p_old + (1 - m) * p_o, **EMA_TOL[dtype])
     if name in {"moco_v2", "moco_v3", "byol"}:
         assert momentum_pairs(method), "momentum methods expose their momentum modules"
 

@@ -100,15 +100,16 @@ def test_enqueue_casts_and_detaches() -> None:
 
 
 def test_negatives_survive_an_enqueue_before_backward() -> None:
-    queue = FeatureQueue(6, 3)
-    q = torch.randn(4, 3, requires_grad=True)
+    # float64: the gradient (a matmul) and its reference (a sum) add in different orders.
+    queue = FeatureQueue(6, 3).to(torch.float64)
+    q = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     negatives = queue.negatives()
     before = negatives.clone()
     logits = q @ negatives.T  # (4, 6)
     queue.enqueue(torch.randn(4, 3))  # MoCo enqueues in the same step
     logits.sum().backward()
     torch.testing.assert_close(negatives, before, rtol=0, atol=0)
-    torch.testing.assert_close(q.grad, before.sum(0).expand(4, 3))
+    torch.testing.assert_close(q.grad, before.sum(0).expand(4, 3), rtol=1e-12, atol=1e-12)
     assert not torch.equal(queue.negatives(), before)
 
 

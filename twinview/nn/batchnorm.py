@@ -34,8 +34,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and distributed.is_distributed()):
             return super().forward(input)
         dims = [0, *range(2, input.dim())]
-        x = input.float()
-        count = torch.full((1,), x.numel() / x.shape[1], device=x.device)
+        # At least float32 (bf16/fp16 inputs are upcast; float64 stays float64).
+        x = input.to(torch.promote_types(input.dtype, torch.float32))
+        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
         stats = torch.cat([count, x.sum(dims), (x * x).sum(dims)])
         stats = distributed.all_reduce_sum(stats)
         c = x.shape[1]
