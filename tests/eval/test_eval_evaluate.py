@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from twinview.config import load_config, save_config
 from twinview.data import load_dataset, subset, train_val_split
 from twinview.eval import knn_accuracy, linear_probe, random_init_knn, raw_pixel_knn
 from twinview.eval.evaluate import evaluate, format_eval_table
@@ -19,7 +20,6 @@ from twinview.eval.features import extract_features
 from twinview.export import save_backbone
 from twinview.nn.backbones import build_backbone
 from twinview.run.data import eval_transform
-from twinview.config import load_config, save_config
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:k=\d+ exceeds the")
 

@@ -8,6 +8,10 @@ import base64
 import io
 import json
 import math
+import re
+import subprocess
+import sys
+import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from twinview.report import project_2d, write_report
+from twinview.report import embedding_map, project_2d, write_report
 from twinview.report.curves import curve_panels, read_records
 from twinview.report.neighbours import choose_queries, nearest_neighbours
 from twinview.report.plots import OTHER_LABEL, SAME_LABEL, neighbour_grid_png, scatter_png
@@ -379,7 +383,8 @@ def test_project_2d_pca_matches_sklearn(n, dim):
     features, _, _ = make_embeddings(n=n, dim=dim)
     points, used = project_2d(features, method="pca")
     assert points.shape == (n, 2) and used.tolist() == list(range(n))
-    normalised = (features / features.norm(dim=1, keepdim=True)).double().numpy()
+    normalised = features.double().numpy()  # project_2d normalises in float64
+    normalised /= np.linalg.norm(normalised, axis=1, keepdims=True)
     reference = PCA(n_components=2, svd_solver="full").fit_transform(normalised)
     for axis in range(2):  # equal up to the sign of each axis
         sign = np.sign(points[:, axis] @ reference[:, axis])
@@ -431,3 +436,168 @@ def test_project_2d_umap_missing_is_a_clear_error():
     else:
         points, _ = project_2d(torch.randn(30, 4), method="umap")
         assert points.shape == (30, 2)
+
+
+# --- degenerate features: a diverged or collapsed run (lr=1e9) must still get its report -------
+
+
+def degenerate(kind: str, n: int = 60, dim: int = 32) -> torch.Tensor:
+    """Features of a broken run; scikit-learn's t-SNE segfaulted on "zero" and "huge_same"."""
+    features, _, _ = make_embeddings(n=n, dim=dim)
+    direction = torch.randn(1, dim, generator=torch.Generator().manual_seed(7))
+    if kind == "constant":
+        return torch.full((n, dim), 0.5)
+    if kind == "zero":
+        return torch.zeros(n, dim)
+    if kind == "huge_same":  # 1e26 + O(1): identical rows in float32
+        return 1e26 * direction.repeat(n, 1) + torch.randn(n, dim)
+    if kind == "huge_dominant":  # one dominant direction, clusters in what is left (~0.4%)
+        return 1e26 * (1000 * direction + features)
+    if kind == "two_directions":  # rank 1 once l2-normalised (and centred)
+        norms = torch.linspace(1, 5, n)[:, None]
+        return norms * torch.where(torch.arange(n)[:, None] % 2 == 0, direction, features[:1])
+    if kind == "non_finite":
+        features[[3, 10]] = float("nan")
+        features[20, 5] = float("inf")
+        return features
+    raise ValueError(kind)
+
+
+@pytest.fixture
+def checked_tsne(monkeypatch) -> list[tuple[int, int]]:
+    """t-SNE behind a check that its input is one it cannot crash on (finite, unit RMS
+    distance to the mean, at least two varying directions), so a regression fails the test
+    instead of killing pytest with a segfault. Returns the shapes it was called with."""
+    calls: list[tuple[int, int]] = []
+    real = embedding_map._tsne
+
+    def check_then_run(x: np.ndarray, seed: int, max_iter: int) -> np.ndarray:
+        assert np.isfinite(x).all()
+        rms = embedding_map.principal_rms(x)
+        assert (rms > embedding_map.NOISE_FLOOR).sum() >= 2
+        assert np.sqrt((rms**2).sum()) == pytest.approx(1.0)
+        calls.append(x.shape)
+        return real(x, seed, max_iter)
+
+    monkeypatch.setattr(embedding_map, "_tsne", check_then_run)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("constant", "all 60 embeddings point in the same direction"),
+        ("huge_same", "all 60 embeddings point in the same direction"),
+        ("zero", "only 0 of 60 rows are finite and non-zero: a map needs N >= 3"),
+    ],
+)
+def test_collapsed_features_get_no_map_and_a_reason(kind, reason, checked_tsne):
+    result = embedding_map.map_2d(degenerate(kind), method="tsne")
+    assert result.points is None and result.method is None and result.indices.size == 0
+    assert reason in result.unavailable
+    assert checked_tsne == []  # t-SNE never saw it
+    with pytest.raises(embedding_map.MapUnavailableError, match="map unavailable: " + reason):
+        project_2d(degenerate(kind), method="tsne")
+    if kind == "zero":
+        assert result.notes == ("60 of 60 rows are all zeros (no direction) and are left out.",)
+
+
+def test_huge_features_with_one_dominant_direction_still_show_their_clusters(checked_tsne):
+    _, labels, _ = make_embeddings(n=60)
+    result = embedding_map.map_2d(degenerate("huge_dominant"), method="tsne")
+    assert result.method == "tsne" and checked_tsne == [(60, 32)]
+    assert np.isfinite(result.points).all()
+    assert nearest_neighbour_accuracy(result.points, labels.numpy()) == 1.0
+    assert any("nearly point in one direction" in note for note in result.notes)
+
+
+def test_non_finite_rows_are_dropped_and_counted(checked_tsne):
+    points, used = project_2d(degenerate("non_finite"), method="tsne")
+    assert points.shape == (57, 2) and np.isfinite(points).all()
+    assert not {3, 10, 20} & set(used.tolist()) and len(used) == 57
+    result = embedding_map.map_2d(degenerate("non_finite"), method="pca")
+    assert result.notes == ("3 of 60 rows hold NaN or inf values and are left out.",)
+
+
+def test_rank_one_features_fall_back_to_pca(checked_tsne):
+    result = embedding_map.map_2d(degenerate("two_directions"), method="tsne")
+    assert result.method == "pca" and checked_tsne == []
+    assert "single direction" in result.notes[0]
+    first_axis = np.round(result.points[:, 0], 6)
+    assert len(set(first_axis[::2])) == len(set(first_axis[1::2])) == 1  # two points...
+    assert first_axis[0] != first_axis[1] and np.abs(result.points[:, 1]).max() < 1e-6  # apart
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_too_few_rows_get_no_map(n):
+    result = embedding_map.map_2d(torch.randn(n, 8), method="pca")
+    assert result.points is None and "a map needs N >= 3" in result.unavailable
+
+
+def test_sane_features_still_get_the_requested_map(checked_tsne):
+    features, _, _ = make_embeddings(n=60)
+    result = embedding_map.map_2d(features, method="tsne")
+    assert result.method == "tsne" and result.notes == () and result.unavailable is None
+    assert checked_tsne == [(60, 32)]
+    auto = embedding_map.map_2d(features)
+    assert auto.method == embedding_map.available_method()
+
+
+@pytest.mark.parametrize(
+    "kind, n, unavailable",
+    [
+        ("constant", 60, True),
+        ("zero", 60, True),
+        ("huge_same", 60, True),
+        ("huge_dominant", 60, False),
+        ("non_finite", 60, False),
+        ("constant", 1, True),
+        ("non_finite", 2, True),
+    ],
+)
+def test_write_report_never_fails_on_broken_features(tmp_path, kind, n, unavailable, checked_tsne):
+    features = degenerate(kind)[:n]
+    _, labels, images = make_embeddings(n=60)
+    path = write_report(
+        tmp_path, test_features=features, test_labels=labels[:n], test_images=images[:n],
+        map_method="tsne",
+    )  # fmt: skip
+    page = parse(path)
+    text = " ".join(page.text)
+    for src in page.images:
+        decode_png(src)
+    assert ("Embedding map unavailable: " in text) == unavailable
+    assert any(alt == "embedding map" for alt in _alts(path)) != unavailable
+    if kind == "non_finite" and n == 60:
+        assert "t-SNE of 57 of 60 l2-normalised test embeddings" in text
+        assert "3 of 60 rows hold NaN or inf values and are left out." in text
+
+
+def _alts(path: Path) -> list[str]:
+    """The alt texts of the page's images, in order."""
+    return re.findall(r'<img src="[^"]*" alt="([^"]*)">', path.read_text())
+
+
+def test_report_of_exploded_features_does_not_crash_the_process(tmp_path):
+    """The original bug, end to end with the real t-SNE in a fresh process: it segfaulted
+    (return code -11) on features that are all zero or 1e26 in one direction."""
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from pathlib import Path
+        from twinview.report import write_report
+        direction = torch.randn(1, 32)
+        for name, features in [
+            ("zero", torch.zeros(100, 32)),
+            ("huge", 1e26 * direction.repeat(100, 1) + torch.randn(100, 32)),
+        ]:
+            run = Path({str(tmp_path)!r}) / name
+            run.mkdir()
+            write_report(run, test_features=features, map_method="tsne")
+            assert "Embedding map unavailable" in (run / "report.html").read_text()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

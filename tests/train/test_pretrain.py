@@ -83,11 +83,11 @@ def test_learning_beats_random_init_on_fashion_mnist(tmp_path):
     """
     from functools import partial
 
+    from twinview.config import load_config
     from twinview.data import FashionMNIST
     from twinview.eval.baselines import random_init_knn
     from twinview.nn import build_backbone
     from twinview.run.data import build_data, eval_transform
-    from twinview.config import load_config
 
     try:
         FashionMNIST("test", download=False)
@@ -149,6 +149,20 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+    # The epoch's health monitors saw the same batches as the uninterrupted run (their buffers
+    # are in the checkpoint), so the epoch records agree too.
+    def epochs(name: str) -> list[dict]:
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines if json.loads(x)["kind"] == "epoch"]
+
+    ref_epochs, resumed_epochs = epochs("ref"), epochs("killed")
+    assert len(ref_epochs) == len(resumed_epochs) == 2
+    for r, q in zip(ref_epochs, resumed_epochs):
+        health = {k for k in r if k.startswith(("health_", "train_feature_"))}
+        assert health and health == {k for k in q if k.startswith(("health_", "train_feature_"))}
+        for key in health:
+            assert q[key] == pytest.approx(r[key], rel=1e-9, abs=1e-12), key
 
 
 def test_rerun_with_resume_false_never_overwrites(tmp_path):

@@ -7,10 +7,9 @@ import warnings
 
 import numpy as np
 import pytest
+from messy_folder import make_messy_folder
 
 from twinview.cli import main
-
-from messy_folder import make_messy_folder
 
 FAST = [
     "views.size=32",

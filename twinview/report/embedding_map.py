@@ -1,9 +1,9 @@
 """Two-dimensional maps of embeddings, for looking at what a representation separates.
 
-:func:`project_2d` maps (N, D) features to (n, 2) points with one of three methods:
+:func:`map_2d` maps (N, D) features to (n, 2) points with one of three methods:
 
-- ``"umap"``: UMAP (McInnes et al., 2018, arXiv:1802.03426) from ``umap-learn``, cosine metric.
-  Fast and keeps both local and some global structure; used by ``"auto"`` when installed.
+- ``"umap"``: UMAP (McInnes et al., 2018, arXiv:1802.03426) from ``umap-learn``. Fast and keeps
+  both local and some global structure; used by ``"auto"`` when installed.
 - ``"tsne"``: t-SNE (van der Maaten & Hinton, 2008) from scikit-learn, Barnes-Hut, PCA
   initialisation, on the features first reduced to 50 dimensions by PCA (the usual recipe).
   Slow on a CPU, so it uses at most ``tsne_max_points`` (default 1000) and runs on one
@@ -11,15 +11,29 @@
   OpenMP thread but 8-15 s on two (oversubscribed threads spin-wait); 2000 points ~7 s.
 - ``"pca"``: the first two principal components (numpy SVD). Always available, linear, instant.
 
-Rows are l2-normalised first, so every method sees the cosine geometry the kNN protocol uses.
-When N exceeds the cap, a random subset (seeded, returned sorted) is projected; the second
-return value says which rows were used, so labels and images can be matched to the points.
+Rows are l2-normalised first (in float64, after dividing each row by its largest entry, so
+features of 1e26 do not overflow), so every method sees the cosine geometry the kNN protocol
+uses. When N exceeds the cap, a random subset (seeded, returned sorted) is projected; the
+indices say which rows were used, so labels and images can be matched to the points.
+
+Features of a diverged or collapsed run are guarded against, because scikit-learn's t-SNE
+crashes the process (segfault, not an exception) when all its input rows are equal:
+
+- rows with a NaN / inf, or all zeros (no direction), are dropped and counted in the notes;
+- the spread of the unit rows decides what can be drawn: no principal direction varies by more
+  than :data:`NOISE_FLOOR` -> no map ("map unavailable: <reason>"); one direction -> PCA (a
+  line; t-SNE and UMAP need two); otherwise the requested method, on rows centred and scaled
+  to unit RMS distance so float32 t-SNE / UMAP never see distances of 1e-12.
+
+:func:`project_2d` is the same with a ``(points, indices)`` result, raising
+:class:`MapUnavailableError` instead of returning no map.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -28,6 +42,38 @@ from torch import Tensor
 
 Method = Literal["auto", "umap", "tsne", "pca"]
 METHODS = ("auto", "umap", "tsne", "pca")
+
+NOISE_FLOOR = 1e-5
+"""RMS (over rows) of a principal coordinate of the l2-normalised rows below which that
+direction counts as not varying. Float32 features carry a relative rounding error of ~6e-8,
+so the direction of a float32 row is known to ~1e-7: 100x above that, a spread is signal;
+below, a map would only show rounding noise (e.g. features of 1e26 + O(1) in float32)."""
+
+NEAR_COLLAPSE_SPREAD = 1e-2
+"""RMS distance of the unit rows to their mean below which the map gets a "nearly collapsed"
+note: the map is scaled up to show what little variation there is. Randomly initialised
+ConvNet / ResNet-18 features on Fashion-MNIST measured ~0.1 (mean cosine 0.975-0.99)."""
+
+
+class MapUnavailableError(ValueError):
+    """Raised by :func:`project_2d` when the features hold nothing a 2-D map can show."""
+
+
+@dataclass(frozen=True)
+class EmbeddingMap:
+    """A 2-D map, or the reason there is none.
+
+    points: (n, 2) float64, None when ``unavailable``; indices: (n,) int64 rows of the
+    features the points come from, increasing (empty when unavailable); method: ``"umap"``,
+    ``"tsne"`` or ``"pca"``, the one actually used (None when unavailable); notes: what was
+    dropped or changed on the way, one sentence each; unavailable: why there is no map.
+    """
+
+    points: np.ndarray | None
+    indices: np.ndarray
+    method: str | None
+    notes: tuple[str, ...] = ()
+    unavailable: str | None = None
 
 
 def available_method() -> str:
@@ -74,6 +120,26 @@ def pca_2d(x: np.ndarray, *, dims: int = 2) -> np.ndarray:
     return out
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (n, D), finite and non-zero, scaled to unit l2 norm without overflow.
+
+    Each row is first divided by its largest absolute entry, so its squared norm is at most D
+    whatever the magnitude (``torch.nn.functional.normalize`` in float32 turns rows of 1e20
+    into zeros: their squared norm overflows to inf).
+    """
+    x = x.astype(np.float64, copy=True)
+    x /= np.abs(x).max(axis=1, keepdims=True)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def principal_rms(x: np.ndarray) -> np.ndarray:
+    """RMS over the rows of ``x`` (n, D) of each principal coordinate, largest first."""
+    centred = x - x.mean(axis=0, keepdims=True)
+    small = centred.T @ centred if x.shape[1] <= x.shape[0] else centred @ centred.T
+    eigenvalues = np.clip(np.linalg.eigvalsh(small)[::-1], 0.0, None)
+    return np.sqrt(eigenvalues / x.shape[0])
+
+
 def _one_openmp_thread() -> contextlib.AbstractContextManager:
     """Limit OpenMP to one thread for the duration of a ``with`` block (restored on exit)."""
     if importlib.util.find_spec("threadpoolctl") is None:  # a scikit-learn dependency
@@ -104,10 +170,115 @@ def _tsne(x: np.ndarray, seed: int, max_iter: int) -> np.ndarray:
 def _umap(x: np.ndarray, seed: int) -> np.ndarray:
     import umap
 
-    reducer = umap.UMAP(
-        n_components=2, n_neighbors=min(15, x.shape[0] - 1), metric="cosine", random_state=seed
-    )
+    # Euclidean on (centred, rescaled) unit rows: the same neighbours as cosine on the raw rows.
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, x.shape[0] - 1), random_state=seed)
     return np.asarray(reducer.fit_transform(x), dtype=np.float64)
+
+
+def _check_arguments(features, method, caps: dict[str, tuple[int, int]]) -> str:
+    """Validate the arguments of :func:`map_2d`; returns the method to use."""
+    if method not in METHODS:
+        raise ValueError(f"project_2d: method must be one of {METHODS}, got {method!r}")
+    if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[1] < 1:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
+        raise ValueError(f"project_2d: features must be a (N, D >= 1) tensor, got {shape}")
+    for name, (value, low) in caps.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"project_2d: {name} must be an int >= {low}, got {value!r}")
+    if method == "auto":
+        return available_method()
+    if method == "umap" and importlib.util.find_spec("umap") is None:
+        raise ImportError("project_2d(method='umap') needs umap-learn: pip install umap-learn")
+    if method == "tsne" and importlib.util.find_spec("sklearn") is None:
+        raise ImportError("project_2d(method='tsne') needs scikit-learn: pip install scikit-learn")
+    return method
+
+
+def _usable_rows(features: Tensor) -> tuple[np.ndarray, list[str]]:
+    """Indices of the rows with only finite values and at least one non-zero, and notes."""
+    f = features.detach()
+    finite = torch.isfinite(f).all(dim=1)
+    usable = finite & (f != 0).any(dim=1)
+    n, bad, zero = f.shape[0], int((~finite).sum()), int((finite & ~usable).sum())
+    notes = []
+    if bad:
+        notes.append(f"{bad} of {n} rows hold NaN or inf values and are left out.")
+    if zero:
+        notes.append(f"{zero} of {n} rows are all zeros (no direction) and are left out.")
+    return torch.nonzero(usable).flatten().cpu().numpy(), notes
+
+
+def map_2d(
+    features: Tensor,
+    *,
+    method: str = "auto",
+    seed: int = 0,
+    max_points: int = 5000,
+    tsne_max_points: int = 1000,
+    tsne_max_iter: int = 500,
+) -> EmbeddingMap:
+    """Map features to 2-D points for plotting, or say why they cannot be mapped.
+
+    Never hands the nonlinear methods input they crash on (see the module docstring), and
+    falls back to PCA when they fail or return non-finite points. Arguments as in
+    :func:`project_2d`; any N (0, 1, 2 rows give no map, with the reason).
+
+    Raises:
+        ValueError: on a bad ``method``, shape or cap; ImportError when ``method`` names a
+        backend that is not installed. Never on the values of ``features``.
+    """
+    caps = {"max_points": (max_points, 3), "tsne_max_points": (tsne_max_points, 3),
+            "tsne_max_iter": (tsne_max_iter, 250)}  # fmt: skip
+    method = _check_arguments(features, method, caps)
+    usable, notes = _usable_rows(features)
+
+    def unavailable(reason: str) -> EmbeddingMap:
+        return EmbeddingMap(None, np.zeros(0, dtype=np.int64), None, tuple(notes), reason)
+
+    if usable.size < 3:
+        return unavailable(
+            f"only {usable.size} of {features.shape[0]} rows are finite and non-zero: "
+            "a map needs N >= 3"
+        )
+    cap = min(max_points, tsne_max_points) if method == "tsne" else max_points
+    indices = usable[subsample_indices(usable.size, cap, seed)].astype(np.int64)
+    rows = features.detach()[torch.from_numpy(indices).to(features.device)]
+    x = unit_rows(rows.cpu().double().numpy())
+
+    rms = principal_rms(x)
+    rank = int((rms > NOISE_FLOOR).sum())
+    spread = float(np.sqrt((rms**2).sum()))  # RMS distance of the unit rows to their mean
+    if rank == 0:
+        return unavailable(
+            f"all {len(indices)} embeddings point in the same direction (RMS distance "
+            f"{spread:.2g} from their mean direction on the unit sphere; no direction varies by "
+            f"more than {NOISE_FLOOR:g}): the representation has collapsed"
+        )
+    if spread < NEAR_COLLAPSE_SPREAD:
+        notes.append(
+            f"The embeddings nearly point in one direction (RMS distance {spread:.2g} from their "
+            "mean direction on the unit sphere): the map magnifies what little variation is left."
+        )
+    if rank == 1 and method != "pca":
+        notes.append(
+            f"The embeddings vary along a single direction only: PCA (a line) instead of "
+            f"{method}, which needs at least two."
+        )
+        method = "pca"
+    if method != "pca":
+        centred = x - x.mean(axis=0, keepdims=True)
+        scaled = centred / spread  # unit RMS distance to the mean: well within float32
+        try:
+            points = _umap(scaled, seed) if method == "umap" else _tsne(scaled, seed, tsne_max_iter)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as error:
+            points = None
+            notes.append(f"{method} failed ({error}); PCA is shown instead.")
+        if points is not None and not np.isfinite(points).all():
+            points = None
+            notes.append(f"{method} returned non-finite points; PCA is shown instead.")
+        if points is not None:
+            return EmbeddingMap(points, indices, method, tuple(notes))
+    return EmbeddingMap(pca_2d(x), indices, "pca", tuple(notes))
 
 
 def project_2d(
@@ -122,9 +293,11 @@ def project_2d(
     """Map features to 2-D points for plotting.
 
     Args:
-        features: (N, D) features (any float dtype, any device), N >= 3.
+        features: (N, D) features (any float dtype, any device). Rows with NaN / inf or all
+            zeros are left out (the indices say which rows are used).
         method: ``"auto"`` (umap if ``umap-learn`` is installed, else tsne if scikit-learn
-            is, else pca), ``"umap"``, ``"tsne"`` or ``"pca"``.
+            is, else pca), ``"umap"``, ``"tsne"`` or ``"pca"``. Degenerate features may get
+            PCA instead; :func:`map_2d` says when and why.
         seed: seeds the subset and the (stochastic) umap / t-SNE optimisation.
         max_points: at most this many rows are projected (a seeded random subset).
         tsne_max_points: a tighter cap for t-SNE, whose cost grows fast with N on a CPU.
@@ -135,38 +308,15 @@ def project_2d(
         ``features`` they come from, in increasing order.
 
     Raises:
+        MapUnavailableError: (a ValueError) when no map can be drawn: fewer than 3 usable rows,
+        or all rows pointing in the same direction; the message says which.
         ValueError: on a bad ``method``, shape or cap; ImportError when ``method`` names a
         backend that is not installed.
     """
-    if method not in METHODS:
-        raise ValueError(f"project_2d: method must be one of {METHODS}, got {method!r}")
-    if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[0] < 3:
-        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
-        raise ValueError(f"project_2d: features must be a (N >= 3, D) tensor, got {shape}")
-    for name, value, low in (
-        ("max_points", max_points, 3),
-        ("tsne_max_points", tsne_max_points, 3),
-        ("tsne_max_iter", tsne_max_iter, 250),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"project_2d: {name} must be an int >= {low}, got {value!r}")
-
-    if method == "auto":
-        method = available_method()
-    elif method == "umap" and importlib.util.find_spec("umap") is None:
-        raise ImportError("project_2d(method='umap') needs umap-learn: pip install umap-learn")
-    elif method == "tsne" and importlib.util.find_spec("sklearn") is None:
-        raise ImportError("project_2d(method='tsne') needs scikit-learn: pip install scikit-learn")
-
-    cap = min(max_points, tsne_max_points) if method == "tsne" else max_points
-    indices = subsample_indices(features.shape[0], cap, seed)
-    x = features.detach()[torch.from_numpy(indices).to(features.device)].float().cpu()
-    x = torch.nn.functional.normalize(x, dim=1).numpy().astype(np.float64)
-
-    if method == "umap":
-        points = _umap(x, seed)
-    elif method == "tsne":
-        points = _tsne(x, seed, tsne_max_iter)
-    else:
-        points = pca_2d(x)
-    return points, indices.astype(np.int64)
+    result = map_2d(
+        features, method=method, seed=seed, max_points=max_points,
+        tsne_max_points=tsne_max_points, tsne_max_iter=tsne_max_iter,
+    )  # fmt: skip
+    if result.points is None:
+        raise MapUnavailableError(f"project_2d: map unavailable: {result.unavailable}")
+    return result.points, result.indices

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor
 
 from twinview.report.curves import curve_panels, read_records
-from twinview.report.embedding_map import METHODS, available_method, project_2d
+from twinview.report.embedding_map import METHODS, map_2d
 from twinview.report.neighbours import choose_queries, nearest_neighbours
 from twinview.report.plots import as_uint8_images, neighbour_grid_png, panels_png, scatter_png
 from twinview.report.results import results_table_html
@@ -158,19 +158,23 @@ def _curves(run_dir: Path) -> str:
 
 
 def _embedding_map(features, labels, class_names, method, max_points, seed) -> str:
+    """The map section: the scatter plot, or why there is none (never raises on the values of
+    ``features``: a diverged run's NaN, zero, constant or 1e26 features still get a report)."""
     if features is None:
         return _note("No test features given: embedding map omitted.")
-    if features.shape[0] < 3:
-        return _note(f"Only {features.shape[0]} test features: too few for an embedding map.")
-    points, used = project_2d(features, method=method, seed=seed, max_points=max_points)
-    shown = labels[used] if labels is not None else None
-    used_method = method if method != "auto" else available_method()
+    result = map_2d(features, method=method, seed=seed, max_points=max_points)
+    notes = [_note(note) for note in result.notes]
+    if result.points is None:
+        return "\n".join([_note(f"Embedding map unavailable: {result.unavailable}."), *notes])
+    shown = labels[result.indices] if labels is not None else None
     caption = (
-        f"{MAP_NAMES[used_method]} of {len(used)} of {features.shape[0]} l2-normalised test "
-        f"embeddings{', coloured by label' if labels is not None else ' (no labels given)'}."
+        f"{MAP_NAMES[result.method]} of {len(result.indices)} of {features.shape[0]} "
+        f"l2-normalised test embeddings"
+        f"{', coloured by label' if labels is not None else ' (no labels given)'}."
     )
-    png = scatter_png(points, shown, class_names=class_names)
-    return f'<p class="caption">{html.escape(caption)}</p>\n' + _img(png, "embedding map")
+    png = scatter_png(result.points, shown, class_names=class_names)
+    parts = [f'<p class="caption">{html.escape(caption)}</p>', *notes, _img(png, "embedding map")]
+    return "\n".join(parts)
 
 
 def _neighbours(features, labels, images, class_names, k, count, seed) -> str:

@@ -36,7 +36,7 @@ def capture(run: Any, loader_state: dict) -> dict:
         "loader": loader_state,
         "rng": states,
         "probe": run.probe.state_dict() if run.probe is not None else None,
-        "monitors": run.monitors.state_dict() if hasattr(run.monitors, "state_dict") else None,
+        "monitors": run.monitors.state_dict(),  # the epoch's health buffers (mid-epoch resume)
         "backbone_spec": run.spec,
         "method_name": run.cfg.method.name,
         "config": to_yaml(run.cfg),
@@ -83,7 +83,7 @@ def restore(run: Any, state: dict) -> None:
     run.scaler.load_state_dict(state["scaler"])
     if run.probe is not None and state.get("probe") is not None:
         run.probe.load_state_dict(state["probe"])
-    if state.get("monitors") is not None and hasattr(run.monitors, "load_state_dict"):
+    if state.get("monitors") is not None:
         run.monitors.load_state_dict(state["monitors"])
     run.step, run.epoch = int(state["step"]), int(state["epoch"])
     run.loader.load_state_dict(state["loader"])

@@ -180,10 +180,7 @@ class _Run:
                 self._epoch(model, stop, bar)
                 if stop.signal is not None:
                     break
-                if self._epoch_complete():
-                    self._end_epoch()
-                elif self.saved_step != self.step:  # max_steps ended it mid-epoch: resumable
-                    self.save(self.loader.state_dict())
+                self._end_epoch(complete=self._epoch_complete())
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
@@ -205,8 +202,9 @@ class _Run:
     def _epoch_complete(self) -> bool:
         """Every optimizer step of this epoch is done (a few micro-batches short of an
         accumulation group may be left over)."""
-        position = self.loader.state_dict().get("position", 0)
-        return position >= self.steps_per_epoch * self.cfg.train.accumulate
+        where = self.loader.state_dict()  # an exhausted loader has moved on to the next epoch
+        done = self.steps_per_epoch * self.cfg.train.accumulate
+        return where["epoch"] > self.epoch or where.get("position", 0) >= done
 
     def _progress_bar(self):
         if not self.info.is_main:
@@ -236,7 +234,7 @@ class _Run:
                 loss = out.loss / accumulate
             self.scaler.scale(loss).backward()
             if self.cfg.monitor.health and self.info.is_main:
-                self.monitors.buffer.add(out.embeddings)
+                self.monitors.add_batch(out.embeddings, out.features)
             if self.probe is not None:  # detached features, its own optimizer: not in the loss
                 probe_logs = self.probe.step(out.features, batch.labels.to(out.features.device))
             micro += 1
@@ -296,17 +294,23 @@ class _Run:
         dist.all_reduce(value)
         return value.item() / self.info.world_size
 
-    def _end_epoch(self) -> None:
+    def _end_epoch(self, *, complete: bool) -> None:
+        """Monitors and a checkpoint at the end of an epoch, or where max_steps ended the run
+        inside one (``complete=False``: the position within the epoch is saved, so a later
+        resume with more steps goes on from there instead of skipping the rest of the epoch)."""
         backbone = self.method.backbone
         values: dict[str, Any] = {}
         if self.info.is_main:
-            values = self.monitors.epoch_end(backbone, self.epoch)
-            self.log.log("epoch", self.step, self.epoch, values)
-            if "val_knn_top1" in values and self.info.is_main:
+            values = self.monitors.epoch_end(backbone, self.epoch, step=self.step)
+            self.log.log("epoch", self.step, self.epoch, {**values, "complete": complete})
+            if "val_knn_top1" in values:
                 from tqdm.auto import tqdm
 
-                tqdm.write(
-                    f"epoch {self.epoch + 1}: validation kNN top-1 {values['val_knn_top1']:.2%}"
-                )
-        self.epoch += 1
-        self.save({"epoch": self.epoch, "position": 0})
+                where = "" if complete else f" (stopped at step {self.step}, within the epoch)"
+                top1 = values["val_knn_top1"]
+                tqdm.write(f"epoch {self.epoch + 1}: validation kNN top-1 {top1:.2%}{where}")
+        if complete:
+            self.epoch += 1
+            self.save({"epoch": self.epoch, "position": 0})
+        elif self.saved_step != self.step:
+            self.save(self.loader.state_dict())
