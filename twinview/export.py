@@ -471,9 +471,9 @@ def export(
     if isinstance(backbone, OnnxBackbone):
         raise ValueError(f"cannot export from ONNX file '{run}'; pass the run directory instead")
     if out is None:
-        folder = run if run.is_dir() else run.parent
-        if folder.name == "checkpoints" and not run.is_dir():
-            folder = folder.parent
+        from twinview.run.reader import run_folder
+
+        folder = run_folder(run)
         plain = format in ("torchvision", "timm")
         stem = f"backbone_{format}" if plain else "backbone"
         out = folder / (stem + SUFFIXES[format][0])

@@ -7,6 +7,8 @@ for pretraining, monitors, evaluation, embedding and reports; :func:`eval_transf
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from twinview.config import DataConfig, PretrainConfig
 from twinview.data import builtin_name, load_dataset, subset, train_val_split
+from twinview.views.preview import square_crop as square_crop_image
 
 
 @dataclass
@@ -83,18 +86,14 @@ def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]):
     return transform
 
 
-def square_crop(size: int):
-    """uint8 (C, H, W) of any size -> (C, size, size): shorter side resized, centre crop.
+def square_crop(size: int) -> Callable[[Tensor], Tensor]:
+    """uint8 (C, H, W) of any size -> (C, size, size): shorter side resized, centre crop
+    (:func:`twinview.views.preview.square_crop`, the one the views preview uses).
 
     How images of a folder (mixed sizes) are brought to the backbone's input size for
-    evaluation and embedding.
+    evaluation and embedding; a ``partial``, so DataLoader workers can pickle it.
     """
-    from torchvision.transforms.v2 import functional as TF
-
-    def transform(image: Tensor) -> Tensor:
-        return TF.center_crop(TF.resize(image, size), [size, size])
-
-    return transform
+    return functools.partial(square_crop_image, side=size)
 
 
 def sample_images(source: Any, n: int) -> Tensor | list[Tensor]:

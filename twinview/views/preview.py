@@ -8,7 +8,7 @@ pixel of the grid shows what a pixel of the view is.
 
 Images of a folder come in mixed sizes: pass them as a list of (C, H, W) tensors and each is
 brought to one square side first (the views' output size, the largest one with multi-crop):
-shorter side resized, centre crop, as evaluation does (``square_crop`` in ``twinview.train``).
+shorter side resized, centre crop (:func:`square_crop`, which evaluation uses too).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def _to_rgb_uint8(x: Tensor) -> np.ndarray:
 
 def square_crop(image: Tensor, side: int) -> Tensor:
     """(C, H, W) of any size -> (C, side, side): shorter side resized to ``side`` (antialiased),
-    then centre crop; the same as ``twinview.train.build.square_crop`` (not imported: views
-    import nothing from training code)."""
+    then centre crop. Evaluation and embedding bring folder images to the backbone's input
+    the same way (``twinview.run.data.square_crop``)."""
     from torchvision.transforms.v2 import functional as TF
 
     return TF.center_crop(TF.resize(image, side), [side, side])
