@@ -182,11 +182,11 @@ def test_wrong_type_names_key_type_and_value(tmp_path) -> None:
 def test_bad_values_are_listed_together() -> None:
     msg = error(None, ["optim.name=adam"])
     assert "config key 'optim.name' must be one of sgd, adamw, lars; got 'adam'" in msg
-    msg = error(None, ["data.val_fraction=1.5", "lr=-1", "precision=fp8", "method=swav"])
+    msg = error(None, ["data.val_fraction=1.5", "lr=-1", "precision=fp8", "method=swavv"])
     assert "config key 'data.val_fraction' must be in [0, 1); got 1.5" in msg
     assert "config key 'optim.lr' must be > 0; got -1.0" in msg
     assert "config key 'train.precision' must be one of fp32, bf16, fp16; got 'fp8'" in msg
-    assert re.search(r"'method.name' must be one of .*simclr.*; got 'swav'", msg)
+    assert re.search(r"'method.name' must be one of .*simclr.*; got 'swavv'", msg)
     assert "'backbone.name' must be one of convnet" in error(None, ["backbone=resnet9"])
     msg = error(None, ["batch_size=100", "devices=3"])
     assert "'train.batch_size' (100) must be divisible by train.devices x train.accumulate" in msg

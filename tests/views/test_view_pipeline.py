@@ -160,7 +160,7 @@ def test_presets_on_fashion_mnist_shaped_input(preset: str) -> None:
     x = _images(4, 1, 28)
     views = build_views(preset, size=28)
     outs = views(x)
-    assert len(outs) == (8 if preset == "multicrop" else 2)
+    assert len(outs) == {"multicrop": 8, "swav": 8, "dino": 10}.get(preset, 2)
     for spec, out in zip(views.specs, outs):
         assert out.shape == (4, 1, *spec.hw) and out.dtype == torch.float32
         assert out.isfinite().all() and out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6
@@ -179,6 +179,20 @@ def test_presets_carry_the_papers_numbers() -> None:
         0.1,
     )
     assert build_views("moco_v3", size=224).specs == byol
+    # DINO: 2 global crops scale (0.4, 1), blur 1.0 / 0.1, solarize 0 / 0.2; 8 local crops of 96
+    # px, scale (0.05, 0.4), blur 0.5 (official DataAugmentationDINO). SwAV: 2 x 224 + 6 x 96.
+    dino = build_views("dino", size=224).specs
+    assert [s.size for s in dino] == [224, 224] + [96] * 8
+    assert [s.crop_scale for s in dino] == [(0.4, 1.0)] * 2 + [(0.05, 0.4)] * 8
+    assert [s.blur_p for s in dino] == [1.0, 0.1] + [0.5] * 8
+    assert [s.solarize_p for s in dino] == [0.0, 0.2] + [0.0] * 8
+    swav = build_views("swav", size=224).specs
+    assert [s.size for s in swav] == [224, 224] + [96] * 6
+    assert [s.crop_scale for s in swav] == [(0.14, 1.0)] * 2 + [(0.05, 0.14)] * 6
+    assert (
+        build_views("dino", size=32, local_views=3, local_size=16).specs[2:]
+        == (dino[2].replace(size=16),) * 3
+    )
     simclr = build_views("simclr", size=224).specs[0]
     assert (simclr.brightness, simclr.hue, simclr.blur_p, simclr.crop_scale) == (
         0.8,
@@ -206,7 +220,7 @@ def test_overrides_and_bad_input_are_reported() -> None:
         build_views("simclr_v9", size=32)
     with pytest.raises(ValueError, match=r"unknown ViewSpec field.*blur_prob.*valid fields"):
         build_views("simclr", size=32, blur_prob=0.5)
-    with pytest.raises(ValueError, match="only apply to the 'multicrop' preset"):
+    with pytest.raises(ValueError, match="only apply to the multi-crop presets"):
         build_views("simclr", size=32, local_views=2)
     with pytest.raises(ValueError, match="hflip_p is a probability"):
         ViewSpec(32, hflip_p=1.5)
@@ -248,7 +262,7 @@ class _Folder(Dataset):
 def test_worker_geometry_then_device_photometry() -> None:
     views = build_views("multicrop", size=16, local_views=2)
     (batches,) = list(DataLoader(_Folder(views), batch_size=6))
-    assert [tuple(b.shape) for b in batches] == [(6, 3, 16, 16)] * 2 + [(6, 3, 7, 7)] * 2
+    assert [tuple(b.shape) for b in batches] == [(6, 3, 16, 16)] * 2 + [(6, 3, 8, 8)] * 2
     assert all(b.dtype == torch.uint8 for b in batches)
     outs = views.photometry(batches)
     assert [o.shape for o in outs] == [b.shape for b in batches]

@@ -95,6 +95,15 @@ def validate(cfg: PretrainConfig, *, resolved: bool = True) -> None:
     ):  # fmt: skip
         num(key, 0, 1)
     num("views.crop_scale_min", 0, 1, lo_open=True)
+    scale = cfg.views.small_crop_scale
+    if scale is not None and not (
+        len(scale) == 2 and all(isinstance(x, float | int) for x in scale)
+        and 0 < scale[0] <= scale[1] <= 1
+    ):  # fmt: skip
+        errors.append(
+            "config key 'views.small_crop_scale' must be [min, max] with 0 < min <= max <= 1, "
+            f"e.g. [0.05,0.14]; got {scale!r}"
+        )
     num("data.val_fraction", 0, 1, hi_open=True)
     num("optim.momentum", 0, 1, hi_open=True)
     if not all(isinstance(b, float | int) and 0 <= b < 1 for b in cfg.optim.betas):

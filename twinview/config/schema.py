@@ -34,7 +34,11 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class MethodConfig:
-    name: str = _f("simclr", "self-supervised method: simclr, moco_v2, moco_v3, byol, simsiam")
+    name: str = _f(
+        "simclr",
+        "method: simclr, moco_v2, moco_v3, byol, simsiam, barlow_twins, vicreg, dino, swav, "
+        "nnclr, supcon (needs labels), dcl, dclw",
+    )
     temperature: float | None = _f(None, "softmax temperature of the contrastive loss")
     proj_hidden_dim: int | None = _f(None, "hidden width of the projector MLP")
     proj_out_dim: int | None = _f(None, "output width of the projector (embedding size)")
@@ -42,13 +46,26 @@ class MethodConfig:
     queue_size: int | None = _f(None, "negatives kept in the MoCo v2 queue")
     momentum: float | None = _f(None, "base EMA momentum tau of the momentum encoder")
     momentum_final: float | None = _f(None, "final tau of the cosine momentum schedule")
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "further arguments of the method, e.g. method.options.lambda_param=0.005 "
+            "(barlow_twins), method.options.num_prototypes=300 (swav)"
+        },
+    )
 
 
 @dataclass
 class BackboneConfig:
-    name: str = _f("convnet", "backbone: convnet, resnet18/34/50 or timm:<model_name>")
+    name: str = _f(
+        "convnet", "backbone: convnet, resnet18/34/50, vit_tiny, vit_small or timm:<model_name>"
+    )
     cifar_stem: bool = _f(False, "ResNet 3x3 stride-1 stem without max-pool for ~32 px images")
     width: int | None = _f(None, "base channel width of the convnet backbone")
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "further backbone arguments, e.g. backbone.options.patch_size=4 (vit)"},
+    )
 
 
 @dataclass
@@ -81,8 +98,14 @@ class ViewsConfig:
     grayscale_p: float | None = _f(None, "probability of grayscale conversion")
     blur_p: float | None = _f(None, "probability of Gaussian blur")
     solarize_p: float | None = _f(None, "probability of solarization")
-    num_small_crops: int = _f(0, "extra small crops per image (multi-crop)")
-    small_crop_size: int | None = _f(None, "output size of the small crops")
+    num_small_crops: int | None = _f(
+        None, "small (local) crops per image, multi-crop (None: the preset's, 0 for two views)"
+    )
+    small_crop_size: int | None = _f(None, "output size of the small crops (None: 96/224 of size)")
+    small_crop_scale: list[float] | None = field(
+        default=None,
+        metadata={"help": "area fraction range [min, max] of the small crops (None: the preset's)"},
+    )
 
 
 @dataclass

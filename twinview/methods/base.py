@@ -32,9 +32,15 @@ class StepOutput:
     embeddings: Tensor | None = None
 
 
+NO_DECAY_NAMES = ("pos_embed", "cls_token")
+"""Parameters kept out of weight decay by name: a ViT's position embedding and class token (as
+timm's ``no_weight_decay`` and the DINO / MoCo v3 code)."""
+
+
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases and normalisation weights (1-d tensors) are excluded from weight decay and LARS."""
-    return param.ndim <= 1 or name.endswith(".bias")
+    """Biases and normalisation weights (1-d tensors) are excluded from weight decay and LARS,
+    and so are a ViT's position embedding and class token."""
+    return param.ndim <= 1 or name.endswith(".bias") or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
 def decay_groups(
@@ -67,9 +73,30 @@ class Method(nn.Module):
     """
 
     backbone: nn.Module
+    default_views: str = "simclr"
+    """Name of the views preset of the method's paper (:mod:`twinview.views.presets`)."""
+    needs_labels: bool = False
+    """True for supervised methods (SupCon): the loop calls ``forward(views, labels)``."""
+    sync_bn: bool = True
+    """The paper's BatchNorm choice with several processes: True converts every BatchNorm to
+    SyncBatchNorm (statistics over the global batch); False keeps per-process statistics (MoCo
+    v2, whose shuffle-BN relies on them). ``train.sync_bn`` overrides it."""
 
     def forward(self, views: list[Tensor]) -> StepOutput:  # pragma: no cover - abstract
+        """views: V tensors (B, C, H_v, W_v) -> StepOutput. Methods with ``needs_labels`` take
+        ``forward(views, labels)`` with labels (B,) class ids."""
         raise NotImplementedError
+
+    def on_step_start(self, step: int, steps_per_epoch: int) -> None:
+        """Called before the forward pass(es) of optimizer step ``step`` (0-based), with the
+        run's ``steps_per_epoch``, so schedules given in epochs (DINO's teacher temperature,
+        SwAV's queue start) can be computed from the step. Anything set here must be a pure
+        function of the two arguments: a resumed run calls it again and must get the same."""
+
+    def on_after_backward(self) -> None:
+        """Called after the backward pass(es) of a step, before the optimizer step: the place
+        to drop gradients of parameters frozen for now (``p.grad = None``; DINO's last layer in
+        the first epoch, SwAV's prototypes in the first iterations)."""
 
     def on_step_end(self, progress: float) -> None:
         """Called after every optimizer step with ``progress`` = step / total_steps in [0, 1]."""
@@ -77,6 +104,11 @@ class Method(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer parameter groups covering every trainable parameter exactly once."""
         return decay_groups(self.named_parameters(), weight_decay)
+
+    def evaluation_backbone(self) -> nn.Module:
+        """The backbone that is evaluated and exported: the online one, except where the paper
+        evaluates another (DINO: the teacher)."""
+        return self.backbone
 
     def momentum_modules(self) -> list[str]:
         """Names of submodules that are momentum (EMA) copies: never trained, never DDP-synced."""

@@ -38,6 +38,7 @@ class MoCoV2(Method):
     """MoCo v2: momentum key encoder + queue of negatives (paper defaults)."""
 
     default_views = "moco_v2"
+    sync_bn = False  # per-process BN statistics; shuffle-BN keeps queries and keys apart
 
     def __init__(
         self,

@@ -16,11 +16,18 @@ from torch import Tensor, nn
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
-    """Deep copy of ``module`` with every parameter frozen (``requires_grad=False``, no grad)."""
+    """Deep copy of ``module`` with every parameter frozen (``requires_grad=False``, no grad).
+
+    Stochastic depth is switched off in the copy (every submodule with a ``drop_prob``, as
+    twinview's and timm's ``DropPath``): a target network is deterministic, as DINO builds its
+    teacher without drop path (MoCo v3 and BYOL use none)."""
     target = copy.deepcopy(module)
     for p in target.parameters():
         p.requires_grad_(False)
         p.grad = None
+    for m in target.modules():
+        if isinstance(getattr(m, "drop_prob", None), float):
+            m.drop_prob = 0.0
     return target
 
 

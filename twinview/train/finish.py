@@ -35,9 +35,9 @@ def finish(run: Any, seconds: float) -> dict:
     }
     if not run.info.is_main:
         return summary
-    scores, test = run.monitors.final(run.method.backbone)
+    scores, test = run.monitors.final(run.method.evaluation_backbone())
     summary.update(scores)
-    path = save_backbone(run.method.backbone, run.spec, run.run_dir / "backbone.pt")
+    path = save_backbone(run.method.evaluation_backbone(), run.spec, run.run_dir / "backbone.pt")
     summary["backbone_path"] = str(path)
     run.directory.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
     run.log.log("summary", run.step, run.epoch, {

@@ -3,9 +3,11 @@
 A plain loop a reader can hold in their head (nanoGPT style)::
 
     for epoch: for batch in loader:                 # views made on the device
-        out = model(batch.views)                    # StepOutput: loss, features, logs
+        method.on_step_start(step, steps_per_epoch)
+        out = model(batch.views)                    # StepOutput (SupCon: model(views, labels))
         (out.loss / accumulate).backward()
-        every `accumulate` micro-batches: set lr, optimizer step, method.on_step_end(progress)
+        every `accumulate` micro-batches: method.on_after_backward(), set lr,
+                                          optimizer step, method.on_step_end(progress)
         every N steps and at each epoch end: checkpoint (atomic)
     each epoch end: monitors (validation kNN, health) -> metrics.jsonl, TensorBoard
     end: test kNN beside the raw-pixel baseline, backbone.pt, summary.json
@@ -37,7 +39,13 @@ from twinview.run.checkpoint import load_latest, save_checkpoint
 from twinview.run.data import DataSplits, build_data, eval_transform, view_size
 from twinview.run.directory import RunDirectory
 from twinview.train import state as run_state
-from twinview.train.build import backbone_spec, build_model, build_run_optimizer, build_run_views
+from twinview.train.build import (
+    backbone_spec,
+    build_model,
+    build_run_optimizer,
+    build_run_views,
+    check_labels,
+)
 from twinview.train.errors import TrainingDiverged
 from twinview.train.finish import finish
 from twinview.train.logger import MetricsLog
@@ -72,6 +80,7 @@ class _Run:
         t = cfg.train
         seed_everything(t.seed)  # identical initial weights on every process
         self.data: DataSplits = build_data(cfg)
+        check_labels(cfg, self.data)
         size = view_size(cfg, self.data)
         self.views = build_run_views(cfg, cfg.method.name, size)
         self.spec = backbone_spec(cfg, self.data.channels, size, self.views)
@@ -226,11 +235,15 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation of last epoch
         window_loss, window_steps, window_start = 0.0, 0, time.time()
         for batch in self.loader:
+            self.method.on_step_start(self.step, self.steps_per_epoch)
             with autocast(self.precision, self.info.device):
                 views = batch.views
                 if t.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                out = model(views)
+                if self.method.needs_labels:  # SupCon: positives are the images of one class
+                    out = model(views, batch.labels.to(self.info.device, non_blocking=True))
+                else:
+                    out = model(views)
                 loss = out.loss / accumulate
             self.scaler.scale(loss).backward()
             if self.cfg.monitor.health and self.info.is_main:
@@ -256,6 +269,7 @@ class _Run:
                     f"stopping. The last good checkpoint is kept: {self.ckpt_path}. Try a lower "
                     "learning rate (optim.lr=...), precision=fp32, or check the data."
                 )
+            self.method.on_after_backward()  # e.g. DINO's last layer, frozen in epoch 1
             factor = apply_lr(
                 self.optimizer, self.step, total_steps=self.total_steps,
                 warmup_steps=self.warmup_steps, min_lr_ratio=self.cfg.schedule.min_lr_ratio,
@@ -298,7 +312,7 @@ class _Run:
         """Monitors and a checkpoint at the end of an epoch, or where max_steps ended the run
         inside one (``complete=False``: the position within the epoch is saved, so a later
         resume with more steps goes on from there instead of skipping the rest of the epoch)."""
-        backbone = self.method.backbone
+        backbone = self.method.evaluation_backbone()
         values: dict[str, Any] = {}
         if self.info.is_main:
             values = self.monitors.epoch_end(backbone, self.epoch, step=self.step)

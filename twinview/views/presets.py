@@ -75,11 +75,41 @@ def multicrop(size: int, *, local_views: int = 6, local_size: int | None = None)
     p = 0.2, Gaussian blur p = 0.5, flip p = 0.5."""
     if local_views < 0:
         raise ValueError(f"local_views must be >= 0, got {local_views}")
-    small = local_size if local_size is not None else max(1, round(size * 96 / 224))
+    small = local_size if local_size is not None else local_crop_size(size)
     colour = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5)
     global_view = ViewSpec(size, crop_scale=(0.14, 1.0), **colour)
     local_view = ViewSpec(small, crop_scale=(0.05, 0.14), **colour)
     return [global_view, global_view] + [local_view] * local_views
+
+
+def local_crop_size(size: int) -> int:
+    """The papers' local crop side for global crops of side ``size``: 96 px at 224 (3/7),
+    at least 8 px."""
+    return max(8, round(size * 96 / 224))
+
+
+def swav(size: int, *, local_views: int = 6, local_size: int | None = None) -> list[ViewSpec]:
+    """SwAV (Caron et al. 2020, sec. 4 and appendix A): 2 x 224 scale (0.14, 1) + 6 x 96 scale
+    (0.05, 0.14), SimCLR's colour distortion of strength 1 and blur p = 0.5 on every crop. The
+    same recipe as :func:`multicrop`, under the method's name."""
+    return multicrop(size, local_views=local_views, local_size=local_size)
+
+
+def dino(size: int, *, local_views: int = 8, local_size: int | None = None) -> list[ViewSpec]:
+    """DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers";
+    official ``DataAugmentationDINO``): 2 global crops at ``size`` (224) with scale (0.4, 1) and
+    ``local_views`` (8, the code's default; the paper's best ViT-S uses 10) local crops at
+    ``local_size`` (96) with scale (0.05, 0.4). BYOL's colour: jitter (0.4, 0.4, 0.2, 0.1) with
+    p = 0.8, grayscale p = 0.2, flip p = 0.5; blur p = 1.0 on the first global crop, 0.1 plus
+    solarization p = 0.2 on the second, 0.5 on the local crops."""
+    if local_views < 0:
+        raise ValueError(f"local_views must be >= 0, got {local_views}")
+    small = local_size if local_size is not None else local_crop_size(size)
+    colour = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+    first = ViewSpec(size, crop_scale=(0.4, 1.0), blur_p=1.0, **colour)
+    second = ViewSpec(size, crop_scale=(0.4, 1.0), blur_p=0.1, solarize_p=0.2, **colour)
+    local_view = ViewSpec(small, crop_scale=(0.05, 0.4), blur_p=0.5, **colour)
+    return [first, second] + [local_view] * local_views
 
 
 PRESETS: dict[str, Callable[..., list[ViewSpec]]] = {
@@ -90,7 +120,12 @@ PRESETS: dict[str, Callable[..., list[ViewSpec]]] = {
     "simsiam": simsiam,
     "moco_v3": moco_v3,
     "multicrop": multicrop,
+    "swav": swav,
+    "dino": dino,
 }
+
+MULTICROP_PRESETS = ("multicrop", "swav", "dino")
+"""Presets with local crops; they take ``local_views`` and ``local_size``."""
 
 
 def preset_specs(preset: str, *, size: int, **overrides: object) -> list[ViewSpec]:
@@ -99,8 +134,11 @@ def preset_specs(preset: str, *, size: int, **overrides: object) -> list[ViewSpe
     if preset not in PRESETS:
         raise ValueError(f"unknown views preset {preset!r}; valid presets: {sorted(PRESETS)}")
     extra = {k: overrides.pop(k) for k in ("local_views", "local_size") if k in overrides}
-    if extra and preset != "multicrop":
-        raise ValueError(f"{sorted(extra)} only apply to the 'multicrop' preset, not {preset!r}")
+    if extra and preset not in MULTICROP_PRESETS:
+        raise ValueError(
+            f"{sorted(extra)} only apply to the multi-crop presets {MULTICROP_PRESETS}, "
+            f"not {preset!r}"
+        )
     specs = PRESETS[preset](size, **extra)
     return [spec.replace(**overrides) for spec in specs] if overrides else specs
 
