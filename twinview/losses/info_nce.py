@@ -12,7 +12,10 @@ safe at low temperature and under bf16/fp16 autocast.
 Distributed: with more than one process, candidate keys are gathered from every process with
 gradient (see :func:`twinview.distributed.gather`) and their indices are offset by rank, so each
 local anchor is contrasted against the global batch. With DDP's gradient averaging the gradient
-equals that of the single-process loss over the global batch.
+equals that of the single-process loss over the global batch. Indices that are already global
+(SupCon's class labels: the same id means the same class on every process) are passed with
+``global_index=True`` and are gathered unchanged; an anchor is still excluded from its own
+candidates by its position in the gathered set, never by its index.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def info_nce(
     in_batch_negatives: bool = True,
     gather: bool = True,
     normalize: bool = True,
+    global_index: bool = False,
 ) -> Tensor:
     """Mean InfoNCE loss over the anchors in ``query``.
 
@@ -52,6 +56,9 @@ def info_nce(
             (MoCo v2: the positive key against the queue); other in-batch keys are ignored.
         gather: gather candidates from all processes (with gradient) when distributed.
         normalize: l2-normalise query, key and negatives (cosine similarity).
+        global_index: the indices mean the same on every process (class labels, SupCon), so
+            they are not offset by rank when gathering and may take any integer value. Default
+            False: indices are per-process sample indices in ``[0, M)``.
 
     Returns:
         Scalar loss: mean over anchors of ``-mean_{p in P(i)} log softmax_i(p)``. With one
@@ -74,9 +81,10 @@ def info_nce(
     # Global candidate set: this process's rows start at rank * m.
     rank = distributed.rank() if gather else 0
     if gather and distributed.is_distributed():
+        offset = 0 if global_index else rank * m
         key = distributed.gather(key, grad=True)
-        key_index = distributed.gather(key_index + rank * m, grad=False)
-        query_index = query_index + rank * m
+        key_index = distributed.gather(key_index + offset, grad=False)
+        query_index = query_index + offset
     rows = torch.arange(n, device=query.device)
 
     # At least float32 (bf16/fp16 inputs are upcast; float64 stays float64 for gradcheck).
