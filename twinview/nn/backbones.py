@@ -9,6 +9,8 @@ timm-style registry (:data:`BACKBONES`, :func:`register_backbone`):
   ``cifar_stem=True`` swaps the 7x7 stride-2 ``conv1`` for a 3x3 stride-1 conv and drops the
   max-pool, the usual stem for 32 px images (SimCLR, Chen et al. 2020, appendix B.9).
 - ``"convnet"``: a small ConvNet for 28-32 px images, the default CPU backbone.
+- ``"vit_tiny"``, ``"vit_small"``: Vision Transformers (DeiT-Ti / DeiT-S widths) with small
+  patches for 28-96 px images (:class:`~twinview.nn.vit.VisionTransformer`).
 - ``"timm:<model_name>"``: any timm model (``pretrained=False``, ``num_classes=0``).
 """
 
@@ -19,6 +21,8 @@ from typing import Any
 
 import torchvision
 from torch import Tensor, nn
+
+from twinview.nn.vit import VisionTransformer
 
 BackboneBuilder = Callable[..., tuple[nn.Module, int]]
 
@@ -163,6 +167,91 @@ def convnet(*, in_channels: int = 3, cifar_stem: bool = False, width: int = 32):
     """
     model = ConvNet(in_channels=in_channels, width=width)
     return model, model.feature_dim
+
+
+# --- Vision Transformers ----------------------------------------------------------------------
+
+
+def _vit(
+    name: str,
+    dim: int,
+    default_heads: int,
+    *,
+    in_channels: int,
+    cifar_stem: bool,
+    image_size: int,
+    patch_size: int,
+    drop_path: float,
+    freeze_patch_embed: bool,
+    depth: int,
+    heads: int | None,
+    mlp_ratio: float,
+) -> tuple[nn.Module, int]:
+    if cifar_stem:
+        raise ValueError(
+            f"cifar_stem=True is a ResNet option and does not apply to {name!r}: a ViT's stem is "
+            f"its patch embedding; set cifar_stem=False and pick patch_size for the image size "
+            f"(4 for 32 px, 4 or 7 for 28 px)"
+        )
+    model = VisionTransformer(
+        image_size=image_size, patch_size=patch_size, in_channels=in_channels, dim=dim,
+        depth=depth, heads=default_heads if heads is None else heads, mlp_ratio=mlp_ratio,
+        drop_path=drop_path, freeze_patch_embed=freeze_patch_embed,
+    )  # fmt: skip
+    return model, model.feature_dim
+
+
+@register_backbone("vit_tiny")
+def vit_tiny(
+    *,
+    in_channels: int = 3,
+    cifar_stem: bool = False,
+    image_size: int = 32,
+    patch_size: int = 4,
+    drop_path: float = 0.0,
+    freeze_patch_embed: bool = False,
+    depth: int = 12,
+    heads: int | None = None,
+    mlp_ratio: float = 4.0,
+):
+    """ViT-Tiny (DeiT-Ti width: dim 192, 12 blocks, 3 heads), 192-d cls-token features.
+
+    ``image_size``: the side the position embedding is learned for (other sizes divisible by
+    ``patch_size`` are interpolated); ``patch_size`` must divide it (4 for 32 px, 4 or 7 for
+    28 px). ``drop_path``: stochastic depth of the last block (DINO uses 0.1 for ViT-S, MoCo v3
+    none). ``freeze_patch_embed``: MoCo v3's fixed random patch projection. ``depth`` /
+    ``heads`` / ``mlp_ratio`` override the architecture. ``cifar_stem=True`` is refused.
+    """
+    return _vit(
+        "vit_tiny", 192, 3, in_channels=in_channels, cifar_stem=cifar_stem,
+        image_size=image_size, patch_size=patch_size, drop_path=drop_path,
+        freeze_patch_embed=freeze_patch_embed, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
+    )  # fmt: skip
+
+
+@register_backbone("vit_small")
+def vit_small(
+    *,
+    in_channels: int = 3,
+    cifar_stem: bool = False,
+    image_size: int = 32,
+    patch_size: int = 4,
+    drop_path: float = 0.0,
+    freeze_patch_embed: bool = False,
+    depth: int = 12,
+    heads: int | None = None,
+    mlp_ratio: float = 4.0,
+):
+    """ViT-Small (DeiT-S / DINO width: dim 384, 12 blocks, 6 heads), 384-d cls-token features.
+
+    Arguments as :func:`vit_tiny`. MoCo v3's ViT-S has 12 heads instead of 6 (same parameter
+    count): pass ``heads=12`` to match it.
+    """
+    return _vit(
+        "vit_small", 384, 6, in_channels=in_channels, cifar_stem=cifar_stem,
+        image_size=image_size, patch_size=patch_size, drop_path=drop_path,
+        freeze_patch_embed=freeze_patch_embed, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
+    )  # fmt: skip
 
 
 # --- timm ----------------------------------------------------------------------------------------
