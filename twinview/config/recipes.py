@@ -20,7 +20,24 @@ RECIPES: dict[str, dict[str, Any]] = {
     "byol": {"optim.name": "lars", "optim.lr": 0.2, "optim.weight_decay": 1.5e-6, "warmup": 10.0},
     # SimSiam (Chen & He 2021, sec. 4): SGD, lr 0.05 x B/256, wd 1e-4, no warm-up.
     "simsiam": {"optim.name": "sgd", "optim.lr": 0.05, "optim.weight_decay": 1e-4, "warmup": 0.0},
-}
+    # Barlow Twins (Zbontar et al. 2021, sec. 4): LARS, lr 0.2 x B/256 (biases 0.0048), wd 1.5e-6.
+    "barlow_twins": {
+        "optim.name": "lars", "optim.lr": 0.2, "optim.weight_decay": 1.5e-6, "warmup": 10.0,
+    },
+    # VICReg (Bardes et al. 2022, appendix C): LARS, lr 0.2 x B/256, wd 1e-6, 10 warm-up epochs.
+    "vicreg": {"optim.name": "lars", "optim.lr": 0.2, "optim.weight_decay": 1e-6, "warmup": 10.0},
+    # DINO, ResNet-50 (official README): SGD, lr 0.03 x B/256, wd 1e-4, 10 warm-up epochs.
+    "dino": {"optim.name": "sgd", "optim.lr": 0.03, "optim.weight_decay": 1e-4, "warmup": 10.0},
+    # SwAV (Caron et al. 2020, appendix A): LARS, lr 4.8 at batch 4096 (0.3 x B/256), wd 1e-6.
+    "swav": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
+    # NNCLR (Dwibedi et al. 2021, sec. 4): LARS, lr 0.3 x B/256 (4.8 at 4096), wd 1e-6.
+    "nnclr": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
+    # SupCon (Khosla et al. 2020, sec. 4): LARS; SimCLR's lr 0.3 x B/256, wd 1e-6.
+    "supcon": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
+    # DCL / DCLW (Yeh et al. 2022, sec. 4): SimCLR's recipe, LARS lr 0.3 x B/256, wd 1e-6.
+    "dcl": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
+    "dclw": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
+}  # fmt: skip
 """Per-method training recipe (the papers' values) for fields left ``None``."""
 
 SMALL_BACKBONES = ("convnet",)
@@ -34,6 +51,25 @@ settings assume thousands of images per batch on ResNets; on Fashion-MNIST with 
 AdamW (lr 1e-3, wd 1e-4), crops of at least 20% of the image and temperature 0.2 reached a
 higher validation kNN after 2 epochs than LARS with SimCLR's values (81.7% vs 81.2%; runs
 recorded in BENCHMARKS.md)."""
+
+VIT_RECIPES: dict[str, dict[str, Any]] = {
+    # MoCo v3 ViT-S (Chen, Xie & He 2021, sec. 4 / appendix): AdamW lr 1.5e-4 x B/256, wd 0.1,
+    # 40 warm-up epochs (of 300), temperature 0.2.
+    "moco_v3": {
+        "optim.name": "adamw", "optim.lr": 1.5e-4, "optim.weight_decay": 0.1, "warmup": 40.0,
+        "method.temperature": 0.2,
+    },
+    # DINO ViT-S/16 (Caron et al. 2021, official main_dino.py): AdamW lr 5e-4 x B/256, wd 0.04
+    # (the paper raises it to 0.4 on a cosine schedule), 10 warm-up epochs.
+    "dino": {"optim.name": "adamw", "optim.lr": 5e-4, "optim.weight_decay": 0.04, "warmup": 10.0},
+}  # fmt: skip
+"""ViT recipes (backbones ``vit_*``) where a paper gives one."""
+
+VIT_RECIPE: dict[str, Any] = {
+    "optim.name": "adamw", "optim.lr": 5e-4, "optim.weight_decay": 0.05, "warmup": 10.0,
+}  # fmt: skip
+"""ViT recipe of every other method: AdamW as DINO's (ViTs do not train with LARS / SGD
+recipes made for ResNets), wd 0.05 as DeiT / timm."""
 
 SMALL_VIEWS_CROP_SCALE_MIN = 0.2
 SMALL_TEMPERATURE = 0.2
@@ -67,6 +103,11 @@ def resolve_defaults(cfg: PretrainConfig) -> PretrainConfig:
     if cfg.backbone.name in SMALL_BACKBONES:
         recipe = SMALL_RECIPE
         cfg = _fill_small_defaults(cfg)
+    elif cfg.backbone.name.startswith("vit_"):
+        recipe = VIT_RECIPES.get(cfg.method.name, VIT_RECIPE)
+        if cfg.method.temperature is None and "method.temperature" in recipe:
+            method = dataclasses.replace(cfg.method, temperature=recipe["method.temperature"])
+            cfg = dataclasses.replace(cfg, method=method)
     optim = dataclasses.replace(cfg.optim)
     if optim.name is None:
         optim.name = recipe["optim.name"]

@@ -1,6 +1,7 @@
 """Method registry: ``build_method(name, backbone, feature_dim=..., **kwargs)``.
 
-Names are lower-case (``simclr``, ``moco_v2``, ``moco_v3``, ``byol``, ``simsiam``); keyword
+Names are lower-case (``simclr``, ``moco_v2``, ``moco_v3``, ``byol``, ``simsiam``,
+``barlow_twins``, ``vicreg``, ``dino``, ``swav``, ``nnclr``, ``supcon``, ``dcl``, ``dclw``); keyword
 arguments are the method's constructor arguments (paper defaults when omitted).
 """
 
@@ -11,11 +12,18 @@ from typing import Any
 
 from torch import nn
 
+from twinview.methods.barlow_twins import BarlowTwins
 from twinview.methods.base import Method
 from twinview.methods.byol import BYOL
+from twinview.methods.dcl import DCL, DCLW
+from twinview.methods.dino import DINO
 from twinview.methods.moco import MoCoV2, MoCoV3
+from twinview.methods.nnclr import NNCLR
 from twinview.methods.simclr import SimCLR
 from twinview.methods.simsiam import SimSiam
+from twinview.methods.supcon import SupCon
+from twinview.methods.swav import SwAV
+from twinview.methods.vicreg import VICReg
 
 METHODS: dict[str, Callable[..., Method]] = {
     "simclr": SimCLR,
@@ -23,6 +31,14 @@ METHODS: dict[str, Callable[..., Method]] = {
     "moco_v3": MoCoV3,
     "byol": BYOL,
     "simsiam": SimSiam,
+    "barlow_twins": BarlowTwins,
+    "vicreg": VICReg,
+    "dino": DINO,
+    "swav": SwAV,
+    "nnclr": NNCLR,
+    "supcon": SupCon,
+    "dcl": DCL,
+    "dclw": DCLW,
 }
 
 

@@ -8,6 +8,7 @@ from twinview.nn.backbones import (
     register_backbone,
 )
 from twinview.nn.batchnorm import SyncBatchNorm, convert_sync_batchnorm
+from twinview.nn.dino_head import DINOHead
 from twinview.nn.heads import (
     byol_predictor,
     byol_projector,
@@ -21,17 +22,22 @@ from twinview.nn.heads import (
 )
 from twinview.nn.momentum import cosine_momentum, ema_update, momentum_copy
 from twinview.nn.queue import FeatureQueue
+from twinview.nn.vit import DropPath, VisionTransformer, disable_drop_path, resample_pos_embed
 
 __all__ = [
     "BACKBONES",
     "ConvNet",
+    "DINOHead",
+    "DropPath",
     "FeatureQueue",
     "SyncBatchNorm",
+    "VisionTransformer",
     "build_backbone",
     "byol_predictor",
     "byol_projector",
     "convert_sync_batchnorm",
     "cosine_momentum",
+    "disable_drop_path",
     "ema_update",
     "list_backbones",
     "mlp",
@@ -40,6 +46,7 @@ __all__ = [
     "moco_v3_projector",
     "momentum_copy",
     "register_backbone",
+    "resample_pos_embed",
     "simclr_projector",
     "simsiam_predictor",
     "simsiam_projector",
