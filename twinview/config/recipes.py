@@ -30,10 +30,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "dino": {"optim.name": "sgd", "optim.lr": 0.03, "optim.weight_decay": 1e-4, "warmup": 10.0},
     # SwAV (Caron et al. 2020, appendix A): LARS, lr 4.8 at batch 4096 (0.3 x B/256), wd 1e-6.
     "swav": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
-    # NNCLR (Dwibedi et al. 2021, sec. 4): LARS, lr 0.3 x B/256 (4.8 at 4096), wd 1e-6.
+    # NNCLR (Dwibedi et al. 2021, sec. 4): LARS, wd 1e-6, SimCLR's lr 0.3 x B/256 (4.8 at 4096).
     "nnclr": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
-    # SupCon (Khosla et al. 2020, sec. 4): LARS; SimCLR's lr 0.3 x B/256, wd 1e-6.
-    "supcon": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
+    # SupCon (Khosla et al. 2020; official TF script supcon_imagenet_resnet50.sh): LARS,
+    # lr 0.4 x B/256, wd 1e-3, 12 warm-up epochs.
+    "supcon": {"optim.name": "lars", "optim.lr": 0.4, "optim.weight_decay": 1e-3, "warmup": 12.0},
     # DCL / DCLW (Yeh et al. 2022, sec. 4): SimCLR's recipe, LARS lr 0.3 x B/256, wd 1e-6.
     "dcl": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
     "dclw": {"optim.name": "lars", "optim.lr": 0.3, "optim.weight_decay": 1e-6, "warmup": 10.0},
