@@ -1,4 +1,7 @@
-"""Two gloo processes x batch B must equal one process x batch 2B (loss and gradients).
+"""Two gloo processes x batch B must equal one process x batch 2B: the loss and every gradient
+at each of two optimizer steps, and the whole state after them (BN statistics, EMA weights,
+queues, DINO's center, SwAV's prototypes and queue, NNCLR's support set), for every method whose
+paper synchronises BatchNorm (all but MoCo v2, whose shuffle-BN is tested below).
 
 This is the bug class that has hit peer libraries more than once: negatives gathered without
 gradient, labels not offset by rank, BatchNorm statistics that differ between the two setups.
@@ -41,6 +44,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Small heads for every method; multi-crop methods get two local crops; state that matters
+# (DINO's center, SwAV's queue and prototypes, NNCLR's support set) is switched on from step 0.
+CASES: dict[str, dict] = {
+    "simclr": {},
+    "moco_v3": {},
+    "byol": {},
+    "simsiam": {"pred_hidden_dim": 4},
+    "barlow_twins": {},
+    "vicreg": {},
+    "dino": {"local": 2, "bottleneck_dim": 8, "out_dim": 32, "freeze_last_layer": 0},
+    "swav": {"local": 2, "num_prototypes": 10, "queue_size": 12, "queue_start_epoch": 0,
+             "freeze_prototypes_steps": 0},
+    "nnclr": {"queue_size": 20, "pred_hidden_dim": 16},
+    "supcon": {"labels": True},
+    "dcl": {},
+    "dclw": {},
+}  # fmt: skip
+STEPS = 2  # the second step sees the state the first one left (queues, center, EMA weights)
+
+
 def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
     backbone = nn.Sequential(
@@ -50,22 +73,61 @@ def _build(name: str) -> nn.Module:
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     )
-    method = build_method(name, backbone, feature_dim=8, hidden_dim=16, out_dim=8)
+    kwargs = {"hidden_dim": 16, "out_dim": 8}
+    kwargs.update({k: v for k, v in CASES[name].items() if k not in ("local", "labels")})
+    method = build_method(name, backbone, feature_dim=8, **kwargs)
     return convert_sync_batchnorm(method).to(DTYPE)
 
 
-def _global_views() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return [torch.randn(WORLD * BATCH, 3, 6, 6, generator=g, dtype=DTYPE) for _ in range(2)]
+def _global_views(name: str, step: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The global batch of step ``step``: 2 views of 6 px (+ local crops of 4 px), labels."""
+    g = torch.Generator().manual_seed(1 + step)
+    n = WORLD * BATCH
+    views = [torch.randn(n, 3, 6, 6, generator=g, dtype=DTYPE) for _ in range(2)]
+    views += [
+        torch.randn(n, 3, 4, 4, generator=g, dtype=DTYPE)
+        for _ in range(CASES[name].get("local", 0))
+    ]
+    labels = torch.arange(n) % 4 if CASES[name].get("labels") else None
+    return views, labels
 
 
-def _loss_and_grads(method: nn.Module, views: list[torch.Tensor]):
-    out = method(views)
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-    # BN running statistics (online and momentum encoders) must also see the global batch.
-    buffers = {n: b.clone() for n, b in method.named_buffers()}
-    return out.loss.detach(), grads, buffers
+def _local(name: str, step: int, rank: int, world: int):
+    views, labels = _global_views(name, step)
+    part = slice(rank * BATCH * WORLD // world, (rank + 1) * BATCH * WORLD // world)
+    return [v[part] for v in views], None if labels is None else labels[part]
+
+
+def _train(method: nn.Module, name: str, rank: int, world: int) -> dict:
+    """STEPS optimizer steps as the trainer takes them, DDP's gradient averaging included.
+
+    Returns per step the (process-averaged) loss and the gradients, and at the end every
+    parameter and buffer (EMA copies, BN statistics, queues, DINO's center, prototypes)."""
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    record: dict = {"loss": [], "grads": []}
+    for step in range(STEPS):
+        views, labels = _local(name, step, rank, world)
+        method.on_step_start(step, 5)
+        out = method(views, labels) if labels is not None else method(views)
+        out.loss.backward()
+        loss = out.loss.detach().clone()
+        if world > 1:  # what DDP does: average gradients (and, for logging, the loss)
+            for p in method.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+            dist.all_reduce(loss)
+            loss /= world
+        method.on_after_backward()
+        record["loss"].append(loss)
+        record["grads"].append(
+            {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+        )
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        method.on_step_end((step + 1) / 10)
+    record["state"] = {k: v.clone() for k, v in method.state_dict().items()}
+    return record
 
 
 def _assert_close_to_scale(got: dict, ref: dict, what: str) -> None:
@@ -76,8 +138,12 @@ def _assert_close_to_scale(got: dict, ref: dict, what: str) -> None:
     computation, not of the entry itself.
     """
     assert set(got) == set(ref), what
-    scale = max(r.abs().max().item() for r in ref.values())
+    floats = [r for r in ref.values() if r.is_floating_point() and r.numel()]
+    scale = max(r.abs().max().item() for r in floats)
     for key, r in ref.items():
+        if not r.is_floating_point():  # counters, queue pointers: exactly equal
+            assert torch.equal(got[key], r), f"{what} {key}"
+            continue
         torch.testing.assert_close(
             got[key], r, rtol=RTOL, atol=RTOL * scale, msg=lambda m, k=key: f"{what} {k}: {m}"
         )
@@ -88,32 +154,26 @@ def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     try:
-        method = _build(name)
-        local = [v[rank * BATCH : (rank + 1) * BATCH] for v in _global_views()]
-        loss, grads, buffers = _loss_and_grads(method, local)
-        # What DDP does: average gradients and (for logging) the loss over processes.
-        for g in grads.values():
-            dist.all_reduce(g)
-            g /= WORLD
-        dist.all_reduce(loss)
-        loss /= WORLD
+        record = _train(_build(name), name, rank, WORLD)
         if rank == 0:
-            torch.save(
-                {"loss": loss, "grads": grads, "buffers": buffers}, Path(out_dir) / "result.pt"
-            )
+            torch.save(record, Path(out_dir) / "result.pt")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco_v3"])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_two_processes_equal_one_process_with_double_batch(name, tmp_path):
+    """Loss and every gradient at each of two steps, then the whole state, 2 x B == 1 x 2B."""
     mp.spawn(_worker, args=(_free_port(), name, str(tmp_path)), nprocs=WORLD, join=True)
-    result = torch.load(tmp_path / "result.pt")
-    ref_loss, ref_grads, ref_buffers = _loss_and_grads(_build(name), _global_views())
-    assert ref_loss.dtype == DTYPE
-    assert result["loss"].item() == pytest.approx(ref_loss.item(), rel=RTOL, abs=0)
-    _assert_close_to_scale(result["grads"], ref_grads, "gradient of")
-    _assert_close_to_scale(result["buffers"], ref_buffers, "buffer")
+    got = torch.load(tmp_path / "result.pt")
+    ref = _train(_build(name), name, 0, 1)
+    for step in range(STEPS):
+        assert ref["loss"][step].dtype == DTYPE
+        assert got["loss"][step].item() == pytest.approx(ref["loss"][step].item(), rel=RTOL, abs=0)
+        assert ref["grads"][step], "no gradient at all"
+        _assert_close_to_scale(got["grads"][step], ref["grads"][step], f"step {step} gradient of")
+    # BN running statistics, EMA weights, queues, centers: the same global batch either way.
+    _assert_close_to_scale(got["state"], ref["state"], "state")
 
 
 def _ops_worker(rank: int, port: int, out_dir: str) -> None:
