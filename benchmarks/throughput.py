@@ -2,23 +2,27 @@
 
 For each setting and method, two contenders train the same backbone (one
 ``twinview.nn.build_backbone`` architecture, a fresh instance per side) on the same uint8
-images, with the same batch size, view size, channel count, number of views (2), head widths
-and augmentation recipe:
+images, with the same batch size, view sizes, channel count, number of views (2, or 2 global
++ N local crops for multi-crop recipes), head widths and augmentation recipe:
 
 - ``twinview``: the trainer's path (``twinview.train.build`` + ``build_loader``): the whole
-  split in memory, both views made batched in the main process, ``method(views)`` under the
-  config's precision / channels-last, backward, ``apply_lr``, optimizer step,
-  ``method.on_step_end``. Settings are the shipped recipe of each method (``configs/...``),
-  so "default" is what ``twinview pretrain --config ...`` runs; when that is not fp32 the
-  same path is also timed in fp32 (``twinview fp32``).
-- ``lightly``: lightly's example loop: a torch Dataset of PIL images with lightly's
-  ``SimCLRTransform`` / ``MoCoV2Transform`` / ``BYOLTransform`` / ``SimSiamTransform`` in a
-  ``DataLoader(num_workers=2, shuffle=True, drop_last=True)``, lightly heads and losses
-  (``NTXentLoss`` with a memory bank for MoCo, ``NegativeCosineSimilarity``),
-  ``update_momentum`` with ``cosine_schedule``, ``SGD(lr=0.06)``, fp32, NCHW.
+  split in memory, every view made batched in the main process, ``method.on_step_start``,
+  ``method(views)`` (``method(views, labels)`` for methods that need labels, e.g. SupCon)
+  under the config's precision / channels-last, backward, ``method.on_after_backward``,
+  ``apply_lr``, optimizer step, ``method.on_step_end``. Settings are the shipped recipe of each
+  method (``configs/...``), so "default" is what ``twinview pretrain --config ...`` runs; when
+  that is not fp32 the same path is also timed in fp32 (``twinview fp32``).
+- ``lightly``: lightly's example loop of the method (``benchmarks/lightly_loops.py``): a torch
+  Dataset of PIL images with the example's lightly transform in a ``DataLoader(num_workers=2,
+  shuffle=True, drop_last=True)``, the example's heads, loss, memory bank / momentum update /
+  gradient cancelling and optimizer (SGD 0.06; Adam 1e-3 for DINO and SwAV), fp32, NCHW.
+  Methods without a lightly example (SupCon, MoCo v3) show "n/a".
 
-The lightly transforms get twinview's recipe values (crop scale, jitter, grayscale, blur,
-solarize, flip, normalisation), read from the twinview views, so both sides augment alike.
+The lightly transforms get twinview's recipe values (crop scale, crop sizes and counts,
+jitter, grayscale, blur, solarize, flip, normalisation), read from the twinview views, so both
+sides augment alike. A contender that fails (a method not implemented yet, a missing recipe)
+is reported in the table and the run goes on; the exit status is 1 if anything other than
+"not implemented" or "n/a" failed.
 
 Settings:
 
@@ -35,24 +39,25 @@ Settings:
 Each (setting, method) runs ``--rounds`` rounds of twinview, [twinview fp32,] lightly,
 interleaved so the contenders share machine noise; each round is ``--warmup`` untimed steps
 (a fresh DataLoader iterator for lightly, so its worker start-up is not timed) then
-``--steps`` timed steps. Images/s = batch images per step / seconds per step; the median over
-rounds is reported, with the time per step spent waiting for data (views) and in the rest of
-the step (forward, backward, optimizer, momentum update).
+``--steps`` timed steps. Images/s = batch images per step / seconds per step (images, not
+crops: a multi-crop step makes 2 + N views of each image); the median over rounds is
+reported, with the time per step spent waiting for data (views) and in the rest of the step
+(forward, backward, optimizer, momentum update).
 
     python benchmarks/throughput.py [--settings convnet,resnet18]
-        [--methods simclr,moco_v2,byol,simsiam] [--steps 5] [--warmup 3] [--rounds 3]
-        [--threads 2] [--resnet-batch 32] [--subset 2048] [--precision default|fp32]
-        [--out FILE.md]
+        [--methods simclr,moco_v2,byol,simsiam | all] [--libraries twinview,lightly]
+        [--steps 5] [--warmup 3] [--rounds 3] [--threads 2] [--resnet-batch 32]
+        [--subset 2048] [--precision default|fp32] [--config-root configs] [--out FILE.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,12 +66,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lightly_loops import (  # noqa: E402
+    LIGHTLY_METHODS,
+    LightlyLoop,
+    PILImages,
+    clock,
+    lightly_transform,
+)
 from machine import cpu_name  # noqa: E402
 
 from twinview.config import PretrainConfig, load_config  # noqa: E402
@@ -75,19 +87,44 @@ from twinview.methods import METHODS  # noqa: E402
 from twinview.nn import build_backbone  # noqa: E402
 from twinview.run.data import build_data, view_size  # noqa: E402
 from twinview.train.build import (  # noqa: E402
+    METHOD_KEYS,
     backbone_spec,
     build_model,
     build_run_optimizer,
     build_run_views,
-    method_kwargs,
-    normalization,
 )
 from twinview.train.precision import autocast, effective_precision  # noqa: E402
 from twinview.train.schedules import apply_lr  # noqa: E402
-from twinview.views import MultiView, ViewSpec  # noqa: E402
+from twinview.views import MultiView  # noqa: E402
 
-METHOD_NAMES = ("simclr", "moco_v2", "byol", "simsiam")
-LIGHTLY_LR = 0.06  # lightly's example scripts (SimCLR, MoCo, BYOL, SimSiam) all use SGD 0.06
+METHOD_NAMES = ("simclr", "moco_v2", "byol", "simsiam")  # the default list
+ALL_METHODS = tuple(METHODS)  # ``--methods all``: every registered method
+LIBRARIES = ("twinview", "lightly")
+CONFIG_ROOT = ROOT / "configs"
+
+
+def parse_methods(text: str) -> list[str]:
+    """``--methods``: comma-separated names, or ``all``."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    return list(ALL_METHODS) if names == ["all"] else names
+
+
+class MissingRecipe(FileNotFoundError):
+    """The setting's recipe file for a method does not exist."""
+
+
+def report_failure(what: str, err: BaseException) -> str:
+    """Print why ``what`` failed (a traceback unless it is not implemented yet or has no recipe)
+    and return its table cell: "not implemented", "error (no recipe)", "error (<type>)"."""
+    if isinstance(err, NotImplementedError):
+        print(f"  {what}: not implemented ({err or 'NotImplementedError'})", flush=True)
+        return "not implemented"
+    if isinstance(err, MissingRecipe):
+        print(f"  {what}: {err}", flush=True)
+        return "error (no recipe)"
+    print(f"  {what}: failed", flush=True)
+    traceback.print_exception(err)
+    return f"error ({type(err).__name__})"
 
 
 @dataclass
@@ -129,8 +166,30 @@ class Prepared:
     dims: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare(setting: Setting, method: str, data_cache: dict) -> Prepared:
-    path = ROOT / "configs" / setting.config_dir / f"{method}.yaml"
+def recipe_dims(cfg: PretrainConfig, method: str) -> dict[str, Any]:
+    """The method's constructor arguments as the recipe gives them: the constructor's defaults,
+    then the ``method.*`` keys that are set (under the constructor's names), then
+    ``method.options``. Unlike ``method_kwargs`` it does not check them against the
+    constructor, so the lightly side can read a recipe whose twinview method is unfinished."""
+    cls = METHODS[method]
+    dims = {
+        n: p.default
+        for n, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    for key, arg in METHOD_KEYS.items():
+        if getattr(cfg.method, key, None) is not None:
+            dims[arg] = getattr(cfg.method, key)
+    dims.update(getattr(cfg.method, "options", None) or {})
+    return dims
+
+
+def prepare(
+    setting: Setting, method: str, data_cache: dict, config_root: Path = CONFIG_ROOT
+) -> Prepared:
+    path = Path(config_root) / setting.config_dir / f"{method}.yaml"
+    if not path.is_file():
+        raise MissingRecipe(f"no recipe {path}")
     overrides = [*setting.overrides, f"train.batch_size={setting.batch_size}"]
     cfg = load_config(path, overrides)
     key = (setting.name,)
@@ -143,14 +202,7 @@ def prepare(setting: Setting, method: str, data_cache: dict) -> Prepared:
     data, train = data_cache[key]
     size = view_size(cfg, data)
     views = build_run_views(cfg, method, size)
-    cls = METHODS[method]
-    defaults = {
-        n: p.default
-        for n, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    dims = {**defaults, **method_kwargs(cfg)}
-    return Prepared(cfg, train, data.channels, size, views, dims)
+    return Prepared(cfg, train, data.channels, size, views, recipe_dims(cfg, method))
 
 
 # --- twinview side ---------------------------------------------------------------------------
@@ -164,7 +216,10 @@ class Timing:
 
 
 class TwinviewRunner:
-    """The trainer's step (twinview/train/trainer.py ``_Run._epoch``) on twinview's loader.
+    """The trainer's step (twinview/train/trainer.py ``_Run._epoch``) on twinview's loader:
+    ``on_step_start(step, steps_per_epoch)`` before the forward, ``model(views)`` (with the
+    batch labels when ``method.needs_labels``), backward, ``on_after_backward()``, the lr, the
+    optimizer step, ``on_step_end(progress)``.
 
     ``mode``: ``"memory"`` (the whole split on ``device``, views made there batched) or
     ``"folder"`` (decoding + geometry in ``num_workers`` processes, photometry on ``device``).
@@ -199,6 +254,8 @@ class TwinviewRunner:
             num_workers=num_workers,
         )
         self.step, self.total, self.epoch = 0, 10_000, 0
+        self.steps_per_epoch = max(1, len(self.loader))
+        self.needs_labels = bool(getattr(self.method, "needs_labels", False))
         self.batches = self._forever()
 
     def _forever(self) -> Iterator[Any]:
@@ -211,12 +268,17 @@ class TwinviewRunner:
         t0 = time.perf_counter()
         batch = next(self.batches)
         t1 = time.perf_counter()
+        self.method.on_step_start(self.step, self.steps_per_epoch)
         with autocast(self.precision, self.device):
             views = batch.views
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            out = self.model(views)
+            if self.needs_labels:  # as the trainer: supervised methods get the batch labels
+                out = self.model(views, batch.labels.to(self.device))
+            else:
+                out = self.model(views)
         out.loss.backward()
+        self.method.on_after_backward()
         value = out.loss.item()
         assert np.isfinite(value), f"twinview loss became {value}"
         apply_lr(self.optimizer, self.step, total_steps=self.total, warmup_steps=0)
@@ -245,111 +307,16 @@ def _timed(step: Callable[[], tuple[float, float]], steps: int, batch: int) -> T
 # --- lightly side ----------------------------------------------------------------------------
 
 
-class PILImages(Dataset):
-    """uint8 images -> PIL -> lightly transform; items ``(views, label)`` like LightlyDataset."""
-
-    def __init__(self, images: Tensor, transform: Callable) -> None:
-        array = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
-        self.images = array[..., 0] if array.shape[-1] == 1 else array
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        from PIL import Image
-
-        return self.transform(Image.fromarray(np.ascontiguousarray(self.images[i]))), 0
-
-
-def _view_kwargs(spec: ViewSpec, size: int, mean: tuple, std: tuple) -> dict[str, Any]:
-    """lightly transform arguments carrying twinview's recipe for one view."""
-    return dict(
-        input_size=size,
-        cj_prob=spec.jitter_p,
-        cj_strength=1.0,
-        cj_bright=spec.brightness,
-        cj_contrast=spec.contrast,
-        cj_sat=spec.saturation,
-        cj_hue=spec.hue,
-        min_scale=spec.crop_scale[0],
-        random_gray_scale=spec.grayscale_p,
-        gaussian_blur=spec.blur_p,
-        sigmas=tuple(spec.blur_sigma),
-        hf_prob=spec.hflip_p,
-        normalize={"mean": list(mean), "std": list(std)},
-    )
-
-
-def lightly_transform(method: str, p: Prepared) -> Callable:
-    from lightly import transforms as LT
-    from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
-
-    mean, std = normalization(p.views, p.channels)
-    s0, s1 = p.views.specs[0], p.views.specs[1]
-    if method == "byol":
-        return LT.BYOLTransform(
-            view_1_transform=BYOLView1Transform(
-                **_view_kwargs(s0, p.size, mean, std), solarization_prob=s0.solarize_p
-            ),
-            view_2_transform=BYOLView2Transform(
-                **_view_kwargs(s1, p.size, mean, std), solarization_prob=s1.solarize_p
-            ),
-        )
-    cls = {
-        "simclr": LT.SimCLRTransform,
-        "moco_v2": LT.MoCoV2Transform,
-        "simsiam": LT.SimSiamTransform,
-    }[method]
-    return cls(**_view_kwargs(s0, p.size, mean, std))
-
-
-class LightlyModel(nn.Module):
-    """lightly's example models (examples/pytorch/{simclr,moco,byol,simsiam}.py)."""
-
-    def __init__(self, method: str, backbone: nn.Module, feature_dim: int, dims: dict) -> None:
-        super().__init__()
-        from lightly.models import modules as M
-        from lightly.models.utils import deactivate_requires_grad
-
-        self.method, self.backbone = method, backbone
-        hidden, out = dims["hidden_dim"], dims["out_dim"]
-        if method == "simclr":
-            self.projection_head = M.SimCLRProjectionHead(feature_dim, hidden, out)
-        elif method == "moco_v2":
-            self.projection_head = M.MoCoProjectionHead(feature_dim, hidden, out)
-        elif method == "byol":
-            self.projection_head = M.BYOLProjectionHead(feature_dim, hidden, out)
-            pred = dims.get("pred_hidden_dim") or hidden
-            self.prediction_head = M.BYOLPredictionHead(out, pred, out)
-        elif method == "simsiam":
-            self.projection_head = M.SimSiamProjectionHead(feature_dim, hidden, out)
-            self.prediction_head = M.SimSiamPredictionHead(out, dims["pred_hidden_dim"], out)
-        if method in ("moco_v2", "byol"):
-            self.backbone_momentum = copy.deepcopy(self.backbone)
-            self.projection_head_momentum = copy.deepcopy(self.projection_head)
-            deactivate_requires_grad(self.backbone_momentum)
-            deactivate_requires_grad(self.projection_head_momentum)
-
-    def forward(self, x: Tensor) -> Any:
-        z = self.projection_head(self.backbone(x).flatten(start_dim=1))
-        if self.method == "byol":
-            return self.prediction_head(z)
-        if self.method == "simsiam":
-            return z.detach(), self.prediction_head(z)
-        return z
-
-    def forward_momentum(self, x: Tensor) -> Tensor:
-        z = self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1))
-        return z.detach()
-
-
 class LightlyRunner:
-    """lightly's example training loop, one step at a time."""
+    """lightly's example training loop (:class:`lightly_loops.LightlyLoop`), one step at a time.
+
+    ``model`` holds every trained and momentum part, ``backbone`` the one to export; ``total``
+    (steps of the whole run) sets the momentum schedules and ``steps_per_epoch`` the epoch,
+    as the examples' loops over epochs do. ``notes``: where the twinview recipe lacked a value
+    and lightly's example value was used, or the views needed another lightly transform.
+    """
 
     def __init__(self, method: str, p: Prepared, seed: int = 0) -> None:
-        from lightly.loss import NegativeCosineSimilarity, NTXentLoss
-
         torch.manual_seed(seed)
         spec = backbone_spec(p.cfg, p.channels, p.size, p.views)
         backbone, dim = build_backbone(
@@ -357,50 +324,29 @@ class LightlyRunner:
             **spec["kwargs"],
         )  # fmt: skip
         self.method = method
-        self.model = LightlyModel(method, backbone, dim, p.dims)
-        if method == "simclr":
-            self.criterion: nn.Module = NTXentLoss(temperature=p.dims["temperature"])
-        elif method == "moco_v2":
-            self.criterion = NTXentLoss(
-                temperature=p.dims["temperature"],
-                memory_bank_size=(p.dims["queue_size"], p.dims["out_dim"]),
-            )
-        else:
-            self.criterion = NegativeCosineSimilarity()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LIGHTLY_LR)
         self.batch = p.cfg.train.batch_size
-        self.dataset = PILImages(p.train.images, lightly_transform(method, p))
+        self.steps_per_epoch = max(1, len(p.train) // self.batch)  # drop_last=True
+        self.loop = LightlyLoop(method, backbone, dim, p.dims, self.steps_per_epoch)
+        self.model, self.criterion = self.loop.model, self.loop.criterion
+        self.optimizer = self.loop.optimizer()
+        self.notes = self.loop.notes
+        self.dataset = PILImages(p.train.images, lightly_transform(method, p, self.notes))
         self.step, self.total, self.last_loss = 0, 10_000, float("nan")
 
-    def train_step(self, it: Iterator) -> tuple[float, float]:
-        from lightly.models.utils import update_momentum
-        from lightly.utils.scheduler import cosine_schedule
+    @property
+    def backbone(self) -> nn.Module:
+        return self.loop.backbone
 
+    def train_step(self, it: Iterator) -> tuple[float, float]:
         t0 = time.perf_counter()
-        (x0, x1), _ = next(it)
+        views, _ = next(it)
         t1 = time.perf_counter()
-        m, model = self.model, self.model
-        if self.method == "simclr":
-            loss = self.criterion(m(x0), m(x1))
-        elif self.method == "moco_v2":
-            momentum = cosine_schedule(self.step, self.total, 0.996, 1)
-            update_momentum(model.backbone, model.backbone_momentum, m=momentum)
-            update_momentum(model.projection_head, model.projection_head_momentum, m=momentum)
-            loss = self.criterion(m(x0), m.forward_momentum(x1))
-        elif self.method == "byol":
-            momentum = cosine_schedule(self.step, self.total, 0.996, 1)
-            update_momentum(model.backbone, model.backbone_momentum, m=momentum)
-            update_momentum(model.projection_head, model.projection_head_momentum, m=momentum)
-            p0, z0 = m(x0), m.forward_momentum(x0)
-            p1, z1 = m(x1), m.forward_momentum(x1)
-            loss = 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
-        else:
-            z0, p0 = m(x0)
-            z1, p1 = m(x1)
-            loss = 0.5 * (self.criterion(z0, p1) + self.criterion(z1, p0))
+        now = clock(self.step, self.total, self.steps_per_epoch)
+        loss = self.loop.loss(list(views), now, self.total)
         value = self.last_loss = loss.item()
         assert np.isfinite(value), f"lightly loss became {value}"
         loss.backward()
+        self.loop.after_backward(now)
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
@@ -436,40 +382,79 @@ class Row:
     precision: str
     batch: int
     results: dict[str, list[Timing]]
+    failed: dict[str, str] = field(default_factory=dict)  # contender -> table cell
+    notes: list[str] = field(default_factory=list)
 
-    def median(self, name: str) -> Timing:
-        ts = self.results[name]
+    def median(self, name: str) -> Timing | None:
+        ts = self.results.get(name)
+        if not ts or name in self.failed:
+            return None
         return Timing(
             statistics.median(t.images_per_s for t in ts),
             statistics.median(t.data_ms for t in ts),
             statistics.median(t.step_ms for t in ts),
         )
 
+    def cell(self, name: str) -> str:
+        """Why ``name`` has no timing: "n/a", "not implemented", "error (...)", "-" (not run)."""
+        return self.failed.get(name, "-")
+
 
 def bench(setting: Setting, method: str, args: argparse.Namespace, cache: dict) -> Row:
-    p = prepare(setting, method, cache)
+    libraries = args.library_list
+    try:
+        p = prepare(setting, method, cache, args.config_root)
+    except Exception as err:  # no recipe (yet), a bad one: both sides are out
+        cell = report_failure(f"{setting.name} {method}: recipe", err)
+        failed = {name: cell for name in libraries}
+        if "lightly" in failed and method not in LIGHTLY_METHODS:
+            failed["lightly"] = "n/a"
+        return Row(setting.name, method, "?", setting.batch_size, {}, failed)
     # "default" is what the trainer runs: the recipe's precision, or fp32 where this CPU has no
     # native bf16 (effective_precision falls back, with a warning).
     recipe = p.cfg.train.precision if args.precision == "default" else "fp32"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         precision = effective_precision(recipe, torch.device("cpu"))
-    contenders: dict[str, Any] = {"twinview": TwinviewRunner(p, precision)}
-    if precision != "fp32":
-        contenders["twinview fp32"] = TwinviewRunner(p, "fp32")
-    contenders["lightly"] = LightlyRunner(method, p)
-    results: dict[str, list[Timing]] = {name: [] for name in contenders}
+    makers: dict[str, Callable[[], Any]] = {}
+    if "twinview" in libraries:
+        makers["twinview"] = lambda: TwinviewRunner(p, precision)
+        if precision != "fp32":
+            makers["twinview fp32"] = lambda: TwinviewRunner(p, "fp32")
+    if "lightly" in libraries:
+        makers["lightly"] = lambda: LightlyRunner(method, p)
+    row = Row(setting.name, method, precision, setting.batch_size, {})
+    contenders: dict[str, Any] = {}
+    for name, make in makers.items():
+        if name == "lightly" and method not in LIGHTLY_METHODS:
+            row.failed[name] = "n/a"
+            continue
+        try:
+            contenders[name] = make()
+        except Exception as err:
+            row.failed[name] = report_failure(f"{setting.name} {method} {name}", err)
+    if "lightly" in contenders:
+        row.notes = contenders["lightly"].notes
+        for note in row.notes:
+            print(f"  {setting.name} {method} lightly: {note}", flush=True)
+    row.results = {name: [] for name in contenders}
     for r in range(args.rounds):
         for name, runner in contenders.items():
-            t = runner.run(args.warmup, args.steps)
-            results[name].append(t)
+            if name in row.failed:
+                continue
+            try:
+                t = runner.run(args.warmup, args.steps)
+            except Exception as err:
+                row.failed[name] = report_failure(f"{setting.name} {method} {name}", err)
+                continue
+            row.results[name].append(t)
             print(
                 f"  {setting.name:8s} {method:8s} round {r + 1}/{args.rounds} {name:14s} "
                 f"{t.images_per_s:8.1f} img/s (data {t.data_ms:6.1f} ms, step {t.step_ms:7.1f} "
                 "ms per step)",
                 flush=True,
             )
-    return Row(setting.name, method, precision, setting.batch_size, results)
+    return row
 
 
 def table(rows: list[Row]) -> str:
@@ -478,24 +463,41 @@ def table(rows: list[Row]) -> str:
         "| lightly img/s | ratio default | ratio fp32 | twinview data / step ms "
         "| lightly data / step ms |\n|" + "---|" * 11
     )
-    lines = [head]
+    lines, notes = [head], []
+
+    def speed(t: Timing | None, row: Row, name: str) -> str:
+        return f"{t.images_per_s:.1f}" if t else row.cell(name)
+
+    def ratio(a: Timing | None, b: Timing | None) -> str:
+        return f"{a.images_per_s / b.images_per_s:.2f}x" if a and b else "-"
+
+    def split(t: Timing | None) -> str:
+        return f"{t.data_ms:.0f} / {t.step_ms:.0f}" if t else "-"
+
     for row in rows:
         tv, lt = row.median("twinview"), row.median("lightly")
-        tv32 = row.median("twinview fp32") if "twinview fp32" in row.results else tv
+        has32 = "twinview fp32" in row.results or "twinview fp32" in row.failed
+        tv32 = row.median("twinview fp32") if has32 else tv
         lines.append(
             f"| {row.setting} | {row.method} | {row.batch} | {row.precision} "
-            f"| {tv.images_per_s:.1f} | {tv32.images_per_s:.1f} | {lt.images_per_s:.1f} "
-            f"| {tv.images_per_s / lt.images_per_s:.2f}x "
-            f"| {tv32.images_per_s / lt.images_per_s:.2f}x "
-            f"| {tv32.data_ms:.0f} / {tv32.step_ms:.0f} | {lt.data_ms:.0f} / {lt.step_ms:.0f} |"
+            f"| {speed(tv, row, 'twinview')} "
+            f"| {speed(tv32, row, 'twinview fp32' if has32 else 'twinview')} "
+            f"| {speed(lt, row, 'lightly')} | {ratio(tv, lt)} | {ratio(tv32, lt)} "
+            f"| {split(tv32)} | {split(lt)} |"
         )
+        notes += [f"- {row.setting} {row.method}, lightly: {note}" for note in row.notes]
+    if notes:
+        lines += ["", "Notes:", *notes]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="convnet,resnet18")
-    parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument(
+        "--methods", default=",".join(METHOD_NAMES), help="comma-separated, or 'all'"
+    )
+    parser.add_argument("--libraries", default=",".join(LIBRARIES))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -508,17 +510,24 @@ def main(argv: list[str] | None = None) -> None:
         default="default",
         help="twinview precision: the recipe's (timed beside fp32 when not fp32) or fp32 only",
     )
+    parser.add_argument(
+        "--config-root", type=Path, default=CONFIG_ROOT, help="recipes: DIR/<dataset>/<method>.yaml"
+    )
     parser.add_argument("--out", default=None, help="also write the results table (Markdown)")
     args = parser.parse_args(argv)
     known = settings(args.resnet_batch, args.subset)
     chosen = [s.strip() for s in args.settings.split(",") if s.strip()]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = parse_methods(args.methods)
+    args.library_list = [x.strip() for x in args.libraries.split(",") if x.strip()]
     for name in chosen:
         if name not in known:
             parser.error(f"--settings: unknown setting {name!r}; choose from {sorted(known)}")
     for m in methods:
-        if m not in METHOD_NAMES:
-            parser.error(f"--methods: unknown method {m!r}; choose from {list(METHOD_NAMES)}")
+        if m not in ALL_METHODS:
+            parser.error(f"--methods: unknown method {m!r}; choose from {list(ALL_METHODS)}")
+    for x in args.library_list:
+        if x not in LIBRARIES:
+            parser.error(f"--libraries: unknown library {x!r}; choose from {list(LIBRARIES)}")
     if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--steps and --rounds must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
@@ -538,7 +547,9 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + text)
     if args.out:
         Path(args.out).write_text(text)
+    errors = [c for row in rows for c in row.failed.values() if c.startswith("error")]
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
