@@ -48,8 +48,11 @@ def momentum_pairs(method: Method) -> list[tuple[nn.Module, nn.Module]]:
     return pairs
 
 
-def test_registry_lists_the_four_methods_and_rejects_unknown():
-    assert {"simclr", "moco_v2", "moco_v3", "byol", "simsiam"} <= set(METHODS)
+def test_registry_lists_every_method_and_rejects_unknown():
+    assert set(METHODS) == {
+        "simclr", "moco_v2", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg", "dino",
+        "swav", "nnclr", "supcon", "dcl", "dclw",
+    }  # fmt: skip
     with pytest.raises(ValueError, match=r"valid methods: .*simclr"):
         build_method("simclrr", tiny_backbone(), feature_dim=24)
     with pytest.raises(TypeError, match="simclr"):
@@ -187,3 +190,10 @@ def test_learning_reduces_loss_on_fixed_batch(name):
         if queue is not None:
             method.queue.load_state_dict(queue.state_dict())
     assert losses[-1] < losses[0]
+
+
+def test_dino_evaluates_its_teacher_and_the_others_their_online_backbone():
+    for name in METHODS:
+        method = build_method(name, tiny_backbone(), feature_dim=24)
+        expected = method.backbone_momentum if name == "dino" else method.backbone
+        assert method.evaluation_backbone() is expected, name

@@ -117,3 +117,18 @@ def test_cosine_momentum_schedule() -> None:
     assert values == sorted(values)
     with pytest.raises(ValueError, match="progress"):
         cosine_momentum(1.1)
+
+
+def test_momentum_copy_has_no_stochastic_depth() -> None:
+    """A target network is deterministic: the copy of a ViT with drop path runs without it (as
+    DINO's teacher), while the online network keeps its rate."""
+    from twinview.nn import DropPath, build_backbone
+
+    vit, _ = build_backbone("vit_tiny", image_size=16, patch_size=4, depth=2, drop_path=0.5)
+    target = momentum_copy(vit)
+    rates = [m.drop_prob for m in vit.modules() if isinstance(m, DropPath)]
+    assert rates and max(rates) == 0.5
+    assert all(m.drop_prob == 0.0 for m in target.modules() if isinstance(m, DropPath))
+    target.train()
+    x = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(target(x), target(x), rtol=0, atol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -342,3 +343,30 @@ def test_a_small_vit_trains_with_its_method_recipe(method, tmp_path):
     assert summary["status"] == "finished"
     backbone = load_backbone(tmp_path / "vit")
     assert backbone(torch.zeros(2, 3, 16, 16)).shape == (2, 192)
+
+
+WAVE2 = {
+    "barlow_twins": [],
+    "vicreg": [],
+    "dino": ["views.num_small_crops=2", "method.options.bottleneck_dim=16"],
+    "swav": ["views.num_small_crops=2", "method.options.num_prototypes=20",
+             "method.options.freeze_prototypes_steps=1"],
+    "nnclr": ["method.queue_size=64", "method.pred_hidden_dim=32"],
+    "supcon": [],
+    "dcl": [],
+    "dclw": [],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", sorted(WAVE2))
+def test_each_wave2_method_trains_through_the_cli(method, tmp_path):
+    """Three steps through the real loop (hooks, labels for SupCon, multi-crop), then the final
+    evaluation and export, with a finite loss at every step."""
+    args = [f"method={method}", "epochs=1", "train.max_steps=3", "name=r",
+            "monitor.log_every_steps=1", "monitor.knn_every_epochs=0", *WAVE2[method]]  # fmt: skip
+    assert _run(tmp_path, *args) == 0
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses), losses
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 3
