@@ -109,3 +109,12 @@ def test_more_user_errors_name_the_key_and_come_before_compute(run_dir, tmp_path
         assert err.startswith(f"twinview {argv[0]}: error:"), (argv, err)
         assert fragment in err, (argv, err)
         assert "Traceback" not in err
+
+
+def test_overrides_may_come_before_and_after_the_config_file(capsys):
+    from pathlib import Path
+
+    config = str(Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist" / "byol.yaml")
+    assert main(["pretrain", "epochs=3", "--config", config, "seed=5", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 3" in out and "seed: 5" in out and "name: byol" in out

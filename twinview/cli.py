@@ -39,7 +39,7 @@ def _pretrain(argv: Sequence[str]) -> int:
     parser.add_argument("--config", help="YAML config file (see configs/)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=10")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after --config
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
@@ -61,7 +61,7 @@ def _views(argv: Sequence[str]) -> int:
     parser.add_argument("--out", default="views.png", help="PNG file to write")
     parser.add_argument("--n", type=int, default=8, help="number of images")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after --config
     cfg = load_config(args.config, args.overrides)
     from twinview.run.data import build_data, sample_images, view_size
     from twinview.run.output import writable_file
