@@ -39,6 +39,8 @@ def barlow_twins_projector(
 class BarlowTwins(Method):
     """Barlow Twins with the paper's defaults.
 
+    Reported (Zbontar et al. 2021, Table 1): 73.2% ImageNet linear top-1, ResNet-50, 1000 epochs.
+
     Args:
         backbone: maps (B, C, H, W) to (B, feature_dim).
         feature_dim: backbone output width (2048 for ResNet-50).

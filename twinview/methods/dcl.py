@@ -22,7 +22,11 @@ from twinview.nn.heads import simclr_projector
 
 
 class DCL(Method):
-    """SimCLR with the decoupled contrastive loss; ``sigma`` set gives DCLW's weighting."""
+    """SimCLR with the decoupled contrastive loss; ``sigma`` set gives DCLW's weighting.
+
+    Reported (Yeh et al. 2022, abstract): 68.2% ImageNet linear top-1, ResNet-50, SimCLR + DCL at
+    batch 256 for 200 epochs; 72.3% with DCL + NNCLR at batch 512 for 400 epochs.
+    """
 
     default_views = "simclr"
 

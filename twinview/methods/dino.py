@@ -44,6 +44,9 @@ def _entropy(p: Tensor) -> Tensor:
 class DINO(Method):
     """DINO with the official code's defaults (ViT: AdamW, lr 5e-4 x B/256, wd 0.04 -> 0.4).
 
+    Reported (Caron et al. 2021, Table 2, teacher evaluated): ResNet-50 75.3% ImageNet linear /
+    67.5% k-NN; ViT-S/16 77.0% linear / 74.5% k-NN (800 epochs).
+
     ``teacher_temp`` is the final teacher temperature, reached after a linear warm-up from
     ``warmup_teacher_temp`` over ``warmup_teacher_temp_epochs`` epochs (official defaults:
     0.04 throughout; the paper's ViT-S recipe: 0.04 -> 0.07 over 30 epochs).

@@ -62,7 +62,11 @@ def nearest_neighbours(z: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class NNCLR(Method):
-    """NNCLR with the paper's defaults (ImageNet: LARS, batch 4096, 1000 epochs)."""
+    """NNCLR with the paper's defaults (ImageNet: LARS, batch 4096, 1000 epochs).
+
+    Reported (Dwibedi et al. 2021, abstract): 75.6% ImageNet linear top-1, ResNet-50 (71.7% for
+    the same setup without nearest neighbours).
+    """
 
     default_views = "byol"
 

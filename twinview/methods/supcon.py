@@ -34,7 +34,11 @@ from twinview.nn.heads import simclr_projector
 
 
 class SupCon(Method):
-    """Supervised contrastive learning (L_out) with the paper's defaults; needs labels."""
+    """Supervised contrastive learning (L_out) with the paper's defaults; needs labels.
+
+    Reported (Khosla et al. 2020, Table 2): 78.7% ImageNet top-1 with ResNet-50 (AutoAugment),
+    against 78.2% for cross-entropy training of the same network.
+    """
 
     default_views = "simclr"
     needs_labels = True

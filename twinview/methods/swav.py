@@ -111,7 +111,11 @@ class SwAVQueue(nn.Module):
 
 
 class SwAV(Method):
-    """SwAV with the paper's defaults (ImageNet, ResNet-50, batch 4096, no queue)."""
+    """SwAV with the paper's defaults (ImageNet, ResNet-50, batch 4096, no queue).
+
+    Reported (Caron et al. 2020, Table 1): 75.3% ImageNet linear top-1, ResNet-50, 800 epochs,
+    2 x 224 + 6 x 96 crops.
+    """
 
     default_views = "swav"
     sync_bn = True

@@ -43,6 +43,8 @@ def vicreg_expander(
 class VICReg(Method):
     """VICReg with the paper's defaults.
 
+    Reported (Bardes et al. 2022, Table 1): 73.2% ImageNet linear top-1, ResNet-50, 1000 epochs.
+
     Args:
         backbone: maps (B, C, H, W) to (B, feature_dim).
         feature_dim: backbone output width (2048 for ResNet-50).
