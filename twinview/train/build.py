@@ -31,10 +31,10 @@ def build_run_views(cfg: PretrainConfig, method_name: str, size: int) -> MultiVi
 
     Multi-crop: the multi-crop presets (``dino``, ``swav``, ``multicrop``) bring their own local
     crops, ``views.num_small_crops`` / ``views.small_crop_size`` / ``views.small_crop_scale`` set
-    their number, size and scale; with a
-    two-view preset, ``views.num_small_crops`` appends SwAV-style local crops (scale
-    (0.05, 0.14)) drawn like the first view. ``views.crop_scale_min`` applies to the global
-    views only: the local crops keep their paper's scale range.
+    their number, size and scale; with a two-view preset, ``views.num_small_crops`` appends
+    SwAV-style local crops (scale (0.05, 0.14)) drawn like the first view. ``views.crop_scale_min``
+    applies to the global views only: the local crops keep their paper's scale range. With a ViT
+    every side must be a multiple of its patch size (default local sizes are rounded to one).
     """
     v = cfg.views
     preset = v.preset or METHODS[method_name].default_views
