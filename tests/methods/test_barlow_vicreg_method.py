@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+from tiny import tiny_backbone
 from torch import nn
 
 from twinview.losses.barlow_twins import barlow_twins_loss, barlow_twins_terms
@@ -18,17 +19,6 @@ LOGS = {
     "barlow_twins": {"on_diagonal", "off_diagonal"},
     "vicreg": {"invariance", "variance", "covariance"},
 }
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 24),
-    )
 
 
 def make(name: str, seed: int = 0, **kwargs) -> Method:

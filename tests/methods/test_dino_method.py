@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_backbone
 from torch import nn
 
 from twinview.losses.dino import dino_loss
@@ -17,17 +18,6 @@ from twinview.nn.dino_head import DINOHead
 from twinview.nn.momentum import momentum_copy
 
 SMALL = {"hidden_dim": 32, "bottleneck_dim": 8, "out_dim": 16}
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 24),
-    )
 
 
 def make(seed: int = 0, **kwargs) -> DINO:

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from tiny import tiny_backbone
 from torch import nn
 
 from twinview.methods import METHODS, Method, SimSiam, build_method
@@ -17,17 +18,6 @@ SMALL = {
     "byol": {"hidden_dim": 32, "out_dim": 16},
     "simsiam": {"hidden_dim": 32, "out_dim": 16, "pred_hidden_dim": 8},
 }
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 24),
-    )
 
 
 def make(name: str, seed: int = 0) -> Method:

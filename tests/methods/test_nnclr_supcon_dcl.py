@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_backbone
 from torch import nn
 
 from twinview.losses.dcl import dcl_loss
@@ -23,17 +24,6 @@ SMALL = {
     "dclw": {"hidden_dim": 32, "out_dim": 16},
 }
 LABELS = torch.tensor([0, 1, 0, 2, 1, 0])
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 24),
-    )
 
 
 def make(name: str, seed: int = 0, **kwargs) -> Method:

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from tiny import tiny_backbone
 from torch import nn
 
 from twinview.losses.swav import sinkhorn, swav_loss
@@ -21,17 +22,6 @@ from twinview.nn.batchnorm import convert_sync_batchnorm
 
 F64 = torch.float64
 SMALL = {"hidden_dim": 16, "out_dim": 8, "num_prototypes": 10}
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 24),
-    )
 
 
 def make(seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs) -> SwAV:

@@ -22,18 +22,7 @@ from torch import Tensor, nn
 
 from twinview.losses.barlow_twins import barlow_twins_terms
 from twinview.methods.base import Method, StepOutput
-from twinview.nn.heads import mlp
-
-
-def barlow_twins_projector(
-    in_dim: int, *, hidden_dim: int = 8192, out_dim: int = 8192, num_layers: int = 3
-) -> nn.Sequential:
-    """Barlow Twins projector: ``num_layers`` Linears in_dim -> hidden ... -> out_dim, BN + ReLU
-    after every hidden one, the last plain; no biases (official code; a bias in front of BN, or
-    in front of the loss's standardisation, has no effect)."""
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"barlow_twins_projector: num_layers must be >= 1, got {num_layers!r}")
-    return mlp([in_dim, *[hidden_dim] * (num_layers - 1), out_dim], bias=False)
+from twinview.nn.heads import barlow_twins_projector
 
 
 class BarlowTwins(Method):

@@ -16,12 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from twinview.losses.dcl import dcl_loss
-from twinview.methods.base import Method, StepOutput
-from twinview.methods.simclr import encode_by_shape
-from twinview.nn.heads import simclr_projector
+from twinview.methods.base import StepOutput
+from twinview.methods.simclr import SimCLR, encode_by_shape
 
 
-class DCL(Method):
+class DCL(SimCLR):
     """SimCLR with the decoupled contrastive loss; ``sigma`` set gives DCLW's weighting.
 
     Reported (Yeh et al. 2022, abstract): 68.2% ImageNet linear top-1, ResNet-50, SimCLR + DCL at
@@ -42,16 +41,13 @@ class DCL(Method):
         sigma: float | None = None,
         gather_distributed: bool = True,
     ) -> None:
-        super().__init__()
         if sigma is not None and sigma <= 0:
             raise ValueError(f"{type(self).__name__.lower()}: sigma must be positive, got {sigma}")
-        self.backbone = backbone
-        self.projector = simclr_projector(
-            feature_dim, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers
-        )
-        self.temperature = temperature
+        super().__init__(
+            backbone, feature_dim=feature_dim, hidden_dim=hidden_dim, out_dim=out_dim,
+            num_layers=num_layers, temperature=temperature, gather_distributed=gather_distributed,
+        )  # fmt: skip
         self.sigma = sigma
-        self.gather_distributed = gather_distributed
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> StepOutput:
         if len(views) != 2:

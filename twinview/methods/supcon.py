@@ -25,15 +25,14 @@ global batch.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from twinview.losses import info_nce
-from twinview.methods.base import Method, StepOutput
-from twinview.methods.simclr import encode_by_shape
-from twinview.nn.heads import simclr_projector
+from twinview.methods.base import StepOutput
+from twinview.methods.simclr import SimCLR, encode_by_shape
 
 
-class SupCon(Method):
+class SupCon(SimCLR):
     """Supervised contrastive learning (L_out) with the paper's defaults; needs labels.
 
     Reported (Khosla et al. 2020, Table 2): 78.7% ImageNet top-1 with ResNet-50 (AutoAugment),
@@ -41,26 +40,7 @@ class SupCon(Method):
     """
 
     default_views = "simclr"
-    needs_labels = True
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        feature_dim: int,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
-        temperature: float = 0.1,
-        gather_distributed: bool = True,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projector = simclr_projector(
-            feature_dim, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers
-        )
-        self.temperature = temperature
-        self.gather_distributed = gather_distributed
+    needs_labels = True  # SimCLR's constructor and heads; only the positives differ
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> StepOutput:
         batch = views[0].shape[0]

@@ -25,19 +25,7 @@ from torch import Tensor, nn
 
 from twinview.losses.vicreg import vicreg_terms
 from twinview.methods.base import Method, StepOutput
-from twinview.nn.heads import mlp
-
-
-def vicreg_expander(
-    in_dim: int, *, hidden_dim: int = 8192, out_dim: int = 8192, num_layers: int = 3
-) -> nn.Sequential:
-    """VICReg expander: ``num_layers`` Linears in_dim -> hidden ... -> out_dim, BN + ReLU after
-    every hidden one, the last plain and without bias (official code). The official hidden
-    Linears keep a bias in front of their BN, which changes nothing (BN removes it, in
-    training and, through its running mean, in eval); it is left out here."""
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"vicreg_expander: num_layers must be >= 1, got {num_layers!r}")
-    return mlp([in_dim, *[hidden_dim] * (num_layers - 1), out_dim], bias=False)
+from twinview.nn.heads import vicreg_expander
 
 
 class VICReg(Method):

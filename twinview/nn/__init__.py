@@ -10,6 +10,7 @@ from twinview.nn.backbones import (
 from twinview.nn.batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from twinview.nn.dino_head import DINOHead
 from twinview.nn.heads import (
+    barlow_twins_projector,
     byol_predictor,
     byol_projector,
     mlp,
@@ -19,6 +20,7 @@ from twinview.nn.heads import (
     simclr_projector,
     simsiam_predictor,
     simsiam_projector,
+    vicreg_expander,
 )
 from twinview.nn.momentum import cosine_momentum, ema_update, momentum_copy
 from twinview.nn.queue import FeatureQueue
@@ -32,6 +34,7 @@ __all__ = [
     "FeatureQueue",
     "SyncBatchNorm",
     "VisionTransformer",
+    "barlow_twins_projector",
     "build_backbone",
     "byol_predictor",
     "byol_projector",
@@ -50,4 +53,5 @@ __all__ = [
     "simclr_projector",
     "simsiam_predictor",
     "simsiam_projector",
+    "vicreg_expander",
 ]

@@ -138,3 +138,25 @@ def simsiam_predictor(
     No BN on the output; the output Linear keeps its bias.
     """
     return mlp([in_dim, hidden_dim, out_dim])
+
+
+def barlow_twins_projector(
+    in_dim: int, *, hidden_dim: int = 8192, out_dim: int = 8192, num_layers: int = 3
+) -> nn.Sequential:
+    """Barlow Twins projector (Zbontar et al. 2021): ``num_layers`` Linears in_dim -> 8192 ->
+    8192 -> 8192, BN + ReLU after every hidden one, the last plain; no biases (official code; a
+    bias in front of BN, or of the loss's standardisation, has no effect)."""
+    _check_layers(num_layers, "barlow_twins_projector")
+    return mlp([in_dim, *[hidden_dim] * (num_layers - 1), out_dim], bias=False)
+
+
+def vicreg_expander(
+    in_dim: int, *, hidden_dim: int = 8192, out_dim: int = 8192, num_layers: int = 3
+) -> nn.Sequential:
+    """VICReg expander (Bardes et al. 2022): the same shape as Barlow Twins' projector, 3 x 8192,
+    the last Linear plain and without bias (official code). The official hidden Linears keep a
+    bias in front of their BN, which changes nothing (BN removes it); it is left out here."""
+    _check_layers(num_layers, "vicreg_expander")
+    return barlow_twins_projector(
+        in_dim, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers
+    )
