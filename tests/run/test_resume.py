@@ -48,3 +48,14 @@ def test_changed_keys_cover_every_section() -> None:
     keys = [key for key, _, _ in changed_keys(saved, new)]
     assert keys == ["backbone.width", "views.hflip_p", "output.name"]
     assert "output.*" in RESUMABLE
+
+
+def test_a_changed_option_is_named_like_a_key_the_user_can_type():
+    from twinview.config import load_config
+    from twinview.run.resume import changed_keys
+
+    saved = load_config(None, ["method=swav", "method.options.num_prototypes=10"])
+    new = load_config(None, ["method=swav", "method.options.num_prototypes=20"])
+    assert changed_keys(saved, new) == [("method.options.num_prototypes", 10, 20)]
+    dropped = load_config(None, ["method=swav"])
+    assert changed_keys(saved, dropped) == [("method.options.num_prototypes", 10, None)]

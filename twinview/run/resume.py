@@ -34,11 +34,16 @@ is at the end of an epoch (mid-epoch, the position is counted in per-process bat
 
 
 def flat(cfg: PretrainConfig) -> dict[str, Any]:
-    """``{"section.key": value}`` for every leaf of the config."""
+    """``{"section.key": value}`` for every leaf of the config; an options dict
+    (``method.options``, ``data.options``, ...) gives one ``section.options.name`` per entry, so
+    a changed option is named like a key the user can type."""
     out: dict[str, Any] = {}
     for section, values in dataclasses.asdict(cfg).items():
         for key, value in values.items():
-            out[f"{section}.{key}"] = value
+            if isinstance(value, dict):
+                out.update({f"{section}.{key}.{k}": v for k, v in value.items()})
+            else:
+                out[f"{section}.{key}"] = value
     return out
 
 
@@ -49,7 +54,8 @@ def _resumable(key: str) -> bool:
 def changed_keys(saved: PretrainConfig, new: PretrainConfig) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, new value)`` for every key that differs, in schema order."""
     old, now = flat(saved), flat(new)
-    return [(k, old.get(k), now[k]) for k in now if old.get(k) != now[k]]
+    keys = [*now, *(k for k in old if k not in now)]  # an option the new command dropped too
+    return [(k, old.get(k), now.get(k)) for k in keys if old.get(k) != now.get(k)]
 
 
 def _show(value: Any) -> str:
