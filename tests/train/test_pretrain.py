@@ -283,22 +283,6 @@ def test_accumulation_and_bf16_on_cpu(tmp_path, extra):
         assert summary["precision"] == ("bf16" if native else "fp32")
 
 
-def test_effective_precision_falls_back_only_where_slow(monkeypatch):
-    from twinview.train.precision import effective_precision
-
-    cpu = torch.device("cpu")
-    assert effective_precision("fp32", cpu) == "fp32"
-    assert effective_precision("bf16", torch.device("cuda")) == "bf16"
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert effective_precision("bf16", cpu) == "bf16"
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    with pytest.warns(UserWarning, match="using fp32"):
-        assert effective_precision("bf16", cpu) == "fp32"
-    with pytest.warns(UserWarning, match="using fp32"):
-        assert effective_precision("fp16", cpu) == "fp32"
-
-
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     ckpt = tmp_path / "term" / "checkpoints" / "last.pt"

@@ -187,7 +187,7 @@ def test_bad_values_are_listed_together() -> None:
     msg = error(None, ["data.val_fraction=1.5", "lr=-1", "precision=fp8", "method=swavv"])
     assert "config key 'data.val_fraction' must be in [0, 1); got 1.5" in msg
     assert "config key 'optim.lr' must be > 0; got -1.0" in msg
-    assert "config key 'train.precision' must be one of fp32, bf16, fp16; got 'fp8'" in msg
+    assert "config key 'train.precision' must be one of auto, fp32, bf16, fp16; got 'fp8'" in msg
     assert re.search(r"'method.name' must be one of .*simclr.*; got 'swavv'", msg)
     assert "'backbone.name' must be one of convnet" in error(None, ["backbone=resnet9"])
     msg = error(None, ["batch_size=100", "devices=3"])

@@ -133,7 +133,11 @@ class TrainConfig:
     epochs: int = _f(4, "training epochs")
     batch_size: int = _f(256, "global batch size (all devices, all accumulation steps)")
     accumulate: int = _f(1, "gradient accumulation steps per optimizer step")
-    precision: str = _f("fp32", "fp32, bf16 or fp16 (autocast; fp16 adds a gradient scaler)")
+    precision: str = _f(
+        "auto",
+        "auto (bf16 where the GPU / CPU runs it natively: AMX, AVX512-BF16; else fp32), fp32, "
+        "bf16 or fp16 (autocast; fp16 adds a gradient scaler)",
+    )
     seed: int = _f(0, "random seed")
     devices: int = _f(1, "processes / GPUs to train on")
     device: str = _f("auto", "auto (cuda if available), cpu or cuda")
@@ -198,7 +202,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "adamw", "lars"),
     "optim.lr_scaling": ("linear", "sqrt", "none"),
     "data.loader": ("auto", "memory", "workers"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "monitor.nan_policy": ("raise", "skip"),
 }

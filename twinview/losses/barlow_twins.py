@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from twinview import distributed
+from twinview.losses.float32 import float32_loss
 
 
 class BarlowTwinsTerms(NamedTuple):
@@ -63,6 +64,7 @@ def _check_pair(z1: Tensor, z2: Tensor, name: str) -> None:
         )
 
 
+@float32_loss
 def cross_correlation(z1: Tensor, z2: Tensor, *, gather: bool = True, eps: float = 1e-5) -> Tensor:
     """Cross-correlation (D, D) of the per-dimension standardised embeddings of two views.
 
@@ -86,6 +88,7 @@ def cross_correlation(z1: Tensor, z2: Tensor, *, gather: bool = True, eps: float
         return reduce(normed[0].T @ normed[1]) / n
 
 
+@float32_loss
 def barlow_twins_terms(
     z1: Tensor, z2: Tensor, *, gather: bool = True, eps: float = 1e-5
 ) -> BarlowTwinsTerms:
@@ -96,6 +99,7 @@ def barlow_twins_terms(
     return BarlowTwinsTerms(on, off)
 
 
+@float32_loss
 def barlow_twins_loss(
     z1: Tensor,
     z2: Tensor,

@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from twinview.losses.float32 import float32_loss
 
+
+@float32_loss
 def negative_cosine(p: Tensor, z: Tensor, *, detach_target: bool = True) -> Tensor:
     """Mean over the batch of ``-cos(p_i, z_i)``; p, z: (B, D). The target z is detached."""
     if detach_target:

@@ -35,10 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from twinview import distributed
+from twinview.losses.float32 import float32_loss
 
 WeightFn = Callable[[Tensor, Tensor], Tensor]
 
 
+@float32_loss
 def vmf_weights(z1: Tensor, z2: Tensor, *, sigma: float = 0.5) -> Tensor:
     """DCLW's negative von Mises-Fisher weights ``2 - N softmax(<z1_i, z2_i> / sigma)``.
 
@@ -52,6 +54,7 @@ def vmf_weights(z1: Tensor, z2: Tensor, *, sigma: float = 0.5) -> Tensor:
     return 2 - z1.shape[0] * torch.softmax(similarity, dim=0)
 
 
+@float32_loss
 def dcl_loss(
     z1: Tensor,
     z2: Tensor,

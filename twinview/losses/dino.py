@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from twinview import distributed
+from twinview.losses.float32 import float32_loss
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -40,6 +41,7 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+@float32_loss
 def teacher_probabilities(teacher_logits: Tensor, center: Tensor, teacher_temp: float) -> Tensor:
     """Centred, sharpened teacher distribution ``softmax((t - c) / tau_t)``, detached.
 
@@ -51,6 +53,7 @@ def teacher_probabilities(teacher_logits: Tensor, center: Tensor, teacher_temp: 
         return F.softmax(t / teacher_temp, dim=-1)
 
 
+@float32_loss
 def dino_loss(
     student_logits: Sequence[Tensor],
     teacher_logits: Sequence[Tensor],
@@ -91,6 +94,7 @@ def dino_loss(
     return total / (num_terms * batch)
 
 
+@float32_loss
 @torch.no_grad()
 def update_center(
     center: Tensor, teacher_logits: Sequence[Tensor] | Tensor, momentum: float = 0.9

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from twinview import distributed
+from twinview.losses.float32 import float32_loss
 
 
+@float32_loss
 def info_nce(
     query: Tensor,
     key: Tensor | None = None,

@@ -49,12 +49,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from twinview import distributed
+from twinview.losses.float32 import float32_loss
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+@float32_loss
 @torch.no_grad()
 def sinkhorn(
     scores: Tensor,
@@ -131,6 +133,7 @@ def sinkhorn(
     return (q * n).T  # (B, K): each sample's code sums to 1
 
 
+@float32_loss
 def swav_loss(
     scores: Sequence[Tensor],
     assignments: Mapping[int, Tensor] | Sequence[Tensor],

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from twinview import distributed
 from twinview.losses.barlow_twins import off_diagonal
+from twinview.losses.float32 import float32_loss
 
 
 class VICRegTerms(NamedTuple):
@@ -44,6 +45,7 @@ class VICRegTerms(NamedTuple):
     covariance: Tensor  # c(Z) + c(Z') over the global batch
 
 
+@float32_loss
 def vicreg_terms(z1: Tensor, z2: Tensor, *, eps: float = 1e-4, gather: bool = True) -> VICRegTerms:
     """The invariance, variance and covariance terms for embeddings z1, z2 (N, D).
 
@@ -74,6 +76,7 @@ def vicreg_terms(z1: Tensor, z2: Tensor, *, eps: float = 1e-4, gather: bool = Tr
     return VICRegTerms(invariance, variance, covariance)
 
 
+@float32_loss
 def vicreg_loss(
     z1: Tensor,
     z2: Tensor,

@@ -31,6 +31,7 @@ def finish(run: Any, seconds: float) -> dict:
         "train_seconds_this_session": round(seconds, 1),
         "skipped_steps": run.skipped_steps,
         "precision": run.precision,
+        "precision_reason": run.precision_choice.reason,
         "run_dir": str(run.run_dir),
     }
     if not run.info.is_main:

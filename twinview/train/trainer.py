@@ -49,8 +49,9 @@ from twinview.train.build import (
 from twinview.train.errors import TrainingDiverged
 from twinview.train.finish import finish
 from twinview.train.logger import MetricsLog
+from twinview.train.memory import keep_freed_memory
 from twinview.train.monitors import Monitors
-from twinview.train.precision import autocast, effective_precision
+from twinview.train.precision import autocast, choose_precision
 from twinview.train.rng import seed_everything
 from twinview.train.schedules import apply_lr
 from twinview.train.setup import ProcessInfo, ddp_wrap
@@ -78,6 +79,7 @@ class _Run:
         self.cfg, self.info, self.directory = cfg, info, directory
         self.run_dir = directory.path
         t = cfg.train
+        keep_freed_memory()  # no mmap / munmap of activations every step (train/memory.py)
         seed_everything(t.seed)  # identical initial weights on every process
         self.data: DataSplits = build_data(cfg)
         check_labels(cfg, self.data)
@@ -110,9 +112,10 @@ class _Run:
         warmup_epochs = cfg.schedule.warmup_epochs or 0.0
         # A warm-up longer than the run (short runs, max_steps) warms up over the whole run.
         self.warmup_steps = min(round(warmup_epochs * self.steps_per_epoch), self.total_steps)
-        self.precision = effective_precision(t.precision, info.device)
+        self.precision_choice = choose_precision(t.precision, info.device)
+        self.precision = self.precision_choice.name
         self.scaler = torch.amp.GradScaler(
-            info.device.type, enabled=t.precision == "fp16" and info.device.type == "cuda"
+            info.device.type, enabled=self.precision == "fp16" and info.device.type == "cuda"
         )
         self.step, self.epoch, self.skipped_steps, self.saved_step = 0, 0, 0, -1
         self.monitors = Monitors(
@@ -174,6 +177,8 @@ class _Run:
     def fit(self) -> dict:
         cfg, info = self.cfg, self.info
         resumed = self.start()
+        if info.is_main:
+            print(f"twinview: precision {self.precision} ({self.precision_choice.reason})")
         model = ddp_wrap(self.method, info) if info.world_size > 1 else self.method
         if cfg.train.compile:
             model = torch.compile(model)

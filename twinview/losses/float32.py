@@ -1,0 +1,51 @@
+"""Losses run in float32 under mixed precision.
+
+Under ``torch.autocast`` a network's matmuls and convolutions run in bf16 / fp16; a loss must not:
+similarity matrices divided by a temperature of 0.1, softmax over thousands of candidates,
+cross-correlation and covariance matrices and Sinkhorn's exponentials lose the digits that
+carry the gradient. :func:`float32_loss` wraps a loss so that inside it autocast is off and
+every half-precision tensor argument (also inside lists and tuples) is upcast to float32;
+float32 and float64 inputs are untouched, so float64 gradient checks still run in float64.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _upcast(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in _HALF else value
+    if isinstance(value, list | tuple):
+        return type(value)(_upcast(v) for v in value)
+    return value
+
+
+def float32_loss(fn: F) -> F:
+    """``fn`` with autocast disabled (CPU and CUDA) and half-precision tensor args upcast."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        autocasting = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+        if not autocasting and not any(_has_half(v) for v in (*args, *kwargs.values())):
+            return fn(*args, **kwargs)  # the common fp32 path: no context switches
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*_upcast(args), **{k: _upcast(v) for k, v in kwargs.items()})
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _has_half(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dtype in _HALF
+    if isinstance(value, list | tuple):
+        return any(_has_half(v) for v in value)
+    return False
