@@ -18,6 +18,11 @@ images, with the same batch size, view sizes, channel count, number of views (2,
   gradient cancelling and optimizer (SGD 0.06; Adam 1e-3 for DINO and SwAV), fp32, NCHW.
   Methods without a lightly example (SupCon, MoCo v3) show "n/a".
 
+The twinview side applies the trainer's malloc setting (``twinview.train.memory``: freed
+activations are reused, not unmapped and faulted in again every step); it is process-wide, so
+lightly's loop in the same process gets it too, which only makes the comparison harder for
+twinview (lightly's own loop runs with glibc's defaults).
+
 The lightly transforms get twinview's recipe values (crop scale, crop sizes and counts,
 jitter, grayscale, blur, solarize, flip, normalisation), read from the twinview views, so both
 sides augment alike. A contender that fails (a method not implemented yet, a missing recipe)
@@ -93,6 +98,7 @@ from twinview.train.build import (  # noqa: E402
     build_run_optimizer,
     build_run_views,
 )
+from twinview.train.memory import keep_freed_memory  # noqa: E402
 from twinview.train.precision import autocast, effective_precision  # noqa: E402
 from twinview.train.schedules import apply_lr  # noqa: E402
 from twinview.views import MultiView  # noqa: E402
@@ -237,6 +243,7 @@ class TwinviewRunner:
         num_workers: int = 2,
     ) -> None:
         cfg = p.cfg
+        keep_freed_memory()  # as the trainer does (process-wide: lightly's loop gets it too)
         torch.manual_seed(0)
         self.precision, self.channels_last = precision, cfg.train.channels_last
         self.device = torch.device(device)

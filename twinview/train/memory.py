@@ -9,8 +9,10 @@ minor page faults and 20% of the CPU time in the kernel.
 
 :func:`keep_freed_memory` tells glibc (``mallopt``) to serve large blocks from the heap
 (``M_MMAP_MAX=0``) and not to trim the heap's top back to the kernel (``M_TRIM_THRESHOLD``),
-so the next step reuses the same pages. The resident size then stays at the peak of one step,
-which training reaches anyway. It is applied once per training process; set
+so the next steps reuse the same pages: after the heap settles (a few steps, in which it grows
+by some blocks beyond one step's peak: 2.35 GB instead of 2.08 GB resident on the default run)
+a step maps no new memory. Measured on 100 steps of the default run in fp32 (Xeon, AMX): 749 ->
+1,054 img/s, 27 s -> 3 s system time, 12.4 M -> 0.5 M minor faults. It is applied once per training process; set
 ``TWINVIEW_KEEP_FREED_MEMORY=0`` to leave malloc as it is. A no-op where libc is not glibc.
 """
 
