@@ -109,3 +109,31 @@ def test_bad_inputs_are_clear_errors() -> None:
     with pytest.raises(RuntimeError):
         extract_features(backbone, torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     assert all(m.training for m in backbone.modules())
+
+
+def test_channels_last_backbone_gets_channels_last_batches_and_same_features() -> None:
+    """A channels-last backbone (train.channels_last) is fed channels-last batches; in float64
+    the features equal those of the same backbone in the default layout."""
+    images = make_images()
+    plain = make_backbone().double()
+    seen: list[bool] = []
+    last = make_backbone().double().to(memory_format=torch.channels_last)
+    last[0].register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    to_double = lambda x: x.double()  # noqa: E731
+    expected = extract_features(plain, images, batch_size=16, normalize=to_double)
+    got = extract_features(last, images, batch_size=16, normalize=to_double)
+    assert seen == [True, True, True]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_bf16_autocast_features_are_float32_and_close() -> None:
+    images = make_images()
+    backbone = make_backbone()
+    exact = extract_features(backbone, images)
+    lowered = extract_features(backbone, images, autocast_dtype=torch.bfloat16)
+    assert lowered.dtype == torch.float32
+    assert not torch.equal(lowered, exact)  # it did run in bf16
+    scale = exact.abs().max()
+    torch.testing.assert_close(lowered, exact, rtol=0, atol=float(2e-2 * scale))

@@ -57,6 +57,17 @@ def _batches(images: Tensor | Iterable, batch_size: int) -> Iterator[tuple[Tenso
             )
 
 
+def _channels_last(module: nn.Module) -> bool:
+    """Whether ``module``'s convolution weights are channels-last (``train.channels_last``): its
+    inputs are then given the same layout, else every convolution reorders them."""
+    for tensor in module.parameters():
+        if tensor.ndim == 4 and tensor.shape[1] * tensor.shape[2] * tensor.shape[3] > 1:
+            return tensor.is_contiguous(memory_format=torch.channels_last) and not (
+                tensor.is_contiguous()
+            )
+    return False
+
+
 def _default_device(module: nn.Module) -> torch.device:
     for tensor in module.parameters():
         return tensor.device
@@ -73,6 +84,7 @@ def extract_features_and_labels(
     batch_size: int = 512,
     device: torch.device | str | None = None,
     normalize: Normalize | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Like :func:`extract_features`, also returning the labels the batches carried.
 
@@ -85,6 +97,8 @@ def extract_features_and_labels(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     device = _default_device(backbone) if device is None else torch.device(device)
     modes = {module: module.training for module in backbone.modules()}
+    layout = torch.channels_last if _channels_last(backbone) else torch.contiguous_format
+    lowered = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     backbone.eval()
     features: list[Tensor] = []
     labels: list[Tensor | None] = []
@@ -93,7 +107,10 @@ def extract_features_and_labels(
             x = _to_unit_float(batch.to(device, non_blocking=True))
             if normalize is not None:
                 x = normalize(x)
-            h = backbone(x)
+            if x.ndim == 4:
+                x = x.contiguous(memory_format=layout)
+            with lowered:
+                h = backbone(x)
             features.append(h.flatten(1).float().cpu())
             labels.append(None if batch_labels is None else batch_labels.reshape(-1).cpu())
     finally:
@@ -115,6 +132,7 @@ def extract_features(
     batch_size: int = 512,
     device: torch.device | str | None = None,
     normalize: Normalize | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Backbone features of ``images``, computed in eval mode without gradient.
 
@@ -125,14 +143,18 @@ def extract_features(
         batch_size: chunk size when ``images`` is a tensor.
         device: where the backbone runs; default the device of its first parameter.
         normalize: applied to the float [0, 1] batch on ``device`` before the backbone.
+        autocast_dtype: run the backbone under autocast to this dtype (``torch.bfloat16``: the
+            training monitors on hardware with native bf16); ``None``: the weights' dtype.
+            Batches are given the backbone's memory format (channels-last or not).
 
     Returns:
         (N, D) float32 features on the CPU. The backbone's (and each submodule's) train/eval
         mode is restored afterwards.
     """
     features, _ = extract_features_and_labels(
-        backbone, images, batch_size=batch_size, device=device, normalize=normalize
-    )
+        backbone, images, batch_size=batch_size, device=device, normalize=normalize,
+        autocast_dtype=autocast_dtype,
+    )  # fmt: skip
     return features
 
 

@@ -10,6 +10,7 @@ float32 and float64 inputs are untouched, so float64 gradient checks still run i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -30,15 +31,23 @@ def _upcast(value: Any) -> Any:
 
 
 def float32_loss(fn: F) -> F:
-    """``fn`` with autocast disabled (CPU and CUDA) and half-precision tensor args upcast."""
+    """``fn`` with autocast disabled (CPU and CUDA) and half-precision tensor args upcast.
+
+    Under the profiler the call is also labelled ``loss:<name>`` (``benchmarks/step_profile.py``
+    reads the loss's share of a step from it)."""
+    label = f"loss:{fn.__name__}"
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        autocasting = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
-        if not autocasting and not any(_has_half(v) for v in (*args, *kwargs.values())):
-            return fn(*args, **kwargs)  # the common fp32 path: no context switches
-        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            return fn(*_upcast(args), **{k: _upcast(v) for k, v in kwargs.items()})
+        with contextlib.ExitStack() as stack:
+            if torch.autograd._profiler_enabled():
+                stack.enter_context(torch.profiler.record_function(label))
+            autocasting = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+            if autocasting or any(_has_half(v) for v in (*args, *kwargs.values())):
+                stack.enter_context(torch.autocast("cpu", enabled=False))
+                stack.enter_context(torch.autocast("cuda", enabled=False))
+                args, kwargs = _upcast(args), {k: _upcast(v) for k, v in kwargs.items()}
+            return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

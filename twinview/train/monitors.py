@@ -121,8 +121,10 @@ class Monitors:
         device: torch.device,
         *,
         seed: int = 0,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.cfg = cfg
+        self.autocast_dtype = autocast_dtype  # per-epoch kNN only; the final scores are fp32
         self.data = data
         self.transform = transform
         self.device = device
@@ -135,9 +137,14 @@ class Monitors:
             g = torch.Generator().manual_seed(seed)
             self._bank_index = torch.randperm(len(data.train), generator=g)[: cfg.knn_max_train]
 
-    def _features(self, backbone: nn.Module, images: Tensor) -> Tensor:
+    def _features(self, backbone: nn.Module, images: Tensor, *, lowered: bool = False) -> Tensor:
         return extract_features(
-            backbone, images, batch_size=512, device=self.device, normalize=self.transform
+            backbone,
+            images,
+            batch_size=512,
+            device=self.device,
+            normalize=self.transform,
+            autocast_dtype=self.autocast_dtype if lowered else None,
         )
 
     def add_batch(self, embeddings: Tensor | None, features: Tensor | None = None) -> None:
@@ -172,13 +179,13 @@ class Monitors:
         every = self.cfg.knn_every_epochs
         if self.in_memory and every and (epoch + 1) % every == 0:
             val_images, val_labels = images_and_labels(self.data.val)
-            val_features = self._features(backbone, val_images)
+            val_features = self._features(backbone, val_images, lowered=True)
             if self.labeled:
                 bank_images, bank_labels = images_and_labels(self.data.train)
                 if self._bank_index is not None:
                     bank_images = bank_images[self._bank_index]
                     bank_labels = bank_labels[self._bank_index]
-                bank = self._features(backbone, bank_images)
+                bank = self._features(backbone, bank_images, lowered=True)
                 k = min(self.cfg.knn_k, bank.shape[0])
                 acc = knn_accuracy(
                     bank, bank_labels, val_features, val_labels, k=(k,),
