@@ -121,9 +121,8 @@ def test_channels_last_backbone_gets_channels_last_batches_and_same_features() -
     last[0].register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
     )
-    to_double = lambda x: x.double()  # noqa: E731
-    expected = extract_features(plain, images, batch_size=16, normalize=to_double)
-    got = extract_features(last, images, batch_size=16, normalize=to_double)
+    expected = extract_features(plain, images, batch_size=16, normalize=torch.Tensor.double)
+    got = extract_features(last, images, batch_size=16, normalize=torch.Tensor.double)
     assert seen == [True, True, True]
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 

@@ -78,6 +78,7 @@ SHORTHAND_VALUES = {
     "optim": ("sgd", "sgd"),
     "lr": ("0.5", 0.5),
     "epochs": ("2", 2),
+    "budget": ("10min", "10min"),
     "batch_size": ("128", 128),
     "precision": ("bf16", "bf16"),
     "seed": ("3", 3),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import Any
 
 from twinview.config.schema import CHOICES, HELP_HINT, ConfigError, PretrainConfig
@@ -14,6 +15,42 @@ MIN_LOCAL_BATCH = 2
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
 """Image and view sides a run accepts: below 8 px the backbones' strides leave nothing; above
 2048 px one batch of views would not fit in memory (crop with views.size instead)."""
+
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?:in)?)?(?:{_NUMBER}s)?")
+
+
+def parse_budget(text: Any) -> float:
+    """Seconds of a ``train.budget`` value: hours, minutes and seconds, each optional, in that
+    order, no spaces: ``"10min"`` -> 600.0, ``"2h"``, ``"90s"``, ``"1h30min"``, ``"1.5h"``
+    (``m`` is short for ``min``).
+
+    Raises :class:`ConfigError` naming ``train.budget``, the value and an example of a good one.
+    """
+    value = str(text).strip()
+    match = _DURATION.fullmatch(value)
+    if not value or match is None or not any(match.groups()):
+        unit = f" (a number needs its unit: {value}s, {value}min?)" if _is_number(value) else ""
+        raise ConfigError(
+            "config key 'train.budget' must be a duration of hours, minutes and seconds such as "
+            f"10min, 2h, 90s or 1h30min (no spaces), e.g. train.budget=10min; got {text!r}{unit}"
+        )
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if not total > 0:
+        raise ConfigError(
+            "config key 'train.budget' must be longer than 0, e.g. train.budget=10min; "
+            f"got {text!r}"
+        )
+    return total
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
 
 # --- value checks --------------------------------------------------------------------------------
 
@@ -108,8 +145,14 @@ def validate(cfg: PretrainConfig, *, resolved: bool = True) -> None:
     num("optim.momentum", 0, 1, hi_open=True)
     if not all(isinstance(b, float | int) and 0 <= b < 1 for b in cfg.optim.betas):
         errors.append(f"config key 'optim.betas' must be in [0, 1); got {cfg.optim.betas!r}")
+    if cfg.train.budget is not None:
+        try:
+            parse_budget(cfg.train.budget)
+        except ConfigError as err:
+            errors.append(str(err))
     warmup = cfg.schedule.warmup_epochs
-    if warmup is not None and cfg.train.epochs >= 1 and warmup > cfg.train.epochs:
+    by_epochs = cfg.train.budget is None  # with a budget, train.epochs is ignored
+    if warmup is not None and by_epochs and cfg.train.epochs >= 1 and warmup > cfg.train.epochs:
         errors.append(
             f"config key 'schedule.warmup_epochs' ({warmup:g}) must not exceed "
             f"train.epochs ({cfg.train.epochs})"

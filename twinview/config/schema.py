@@ -130,7 +130,13 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(4, "training epochs")
+    epochs: int = _f(4, "training epochs (ignored when train.budget is set)")
+    budget: str | None = _f(
+        None,
+        "time budget of the whole run, e.g. 10min, 2h, 1h30min: steps planned from the first "
+        "steps' speed so that training, evaluation and the report end within it (train.epochs "
+        "is then ignored; train.max_steps still caps)",
+    )
     batch_size: int = _f(256, "global batch size (all devices, all accumulation steps)")
     accumulate: int = _f(1, "gradient accumulation steps per optimizer step")
     precision: str = _f(
@@ -189,6 +195,7 @@ ALIASES: dict[str, str] = {
     "optim": "optim.name",
     "lr": "optim.lr",
     "epochs": "train.epochs",
+    "budget": "train.budget",
     "batch_size": "train.batch_size",
     "precision": "train.precision",
     "seed": "train.seed",

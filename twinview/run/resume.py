@@ -5,6 +5,11 @@ user may change on resume are listed in :data:`RESUMABLE` (how long to train, ho
 evaluate and checkpoint, how many decoding workers, where and on how many devices it runs);
 any other difference is refused with every changed key named, its old and new value, and the
 two ways out (the saved values, or a new run).
+
+``train.budget`` is resumable: the same budget continues the planned step count saved in the
+checkpoint, a different one re-plans the rest of the run from the saved measurement, for the new
+budget less the time already spent (the budget is the length of the whole run, as
+``train.epochs`` is); see :mod:`twinview.train.budget`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from twinview.config import ConfigError, PretrainConfig
 
 RESUMABLE: tuple[str, ...] = (
     "train.epochs",
+    "train.budget",  # same: the saved plan; another: re-planned (train/budget.py)
     "train.max_steps",
     "train.checkpoint_every_steps",
     "train.devices",  # the global batch (train.batch_size) stays; only at an epoch boundary

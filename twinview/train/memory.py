@@ -12,8 +12,9 @@ minor page faults and 20% of the CPU time in the kernel.
 so the next steps reuse the same pages: after the heap settles (a few steps, in which it grows
 by some blocks beyond one step's peak: 2.35 GB instead of 2.08 GB resident on the default run)
 a step maps no new memory. Measured on 100 steps of the default run in fp32 (Xeon, AMX): 749 ->
-1,054 img/s, 27 s -> 3 s system time, 12.4 M -> 0.5 M minor faults. It is applied once per training process; set
-``TWINVIEW_KEEP_FREED_MEMORY=0`` to leave malloc as it is. A no-op where libc is not glibc.
+1,054 img/s, 27 s -> 3 s system time, 12.4 M -> 0.5 M minor faults. It is applied once per
+training process; set ``TWINVIEW_KEEP_FREED_MEMORY=0`` to leave malloc as it is. A no-op
+where libc is not glibc.
 """
 
 from __future__ import annotations
@@ -46,7 +47,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and others: no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    )
+    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     return _applied

@@ -2,8 +2,10 @@
 
 A checkpoint is a plain dict (read with ``weights_only=True``): the method's weights with its
 momentum copies and queue, the optimizer and gradient-scaler buffers, the step and the position
-in the epoch, every process's RNG states, the online probe, the monitors' buffers, the backbone
-spec, and the run's config as YAML, which a resume compares with the new command
+in the epoch, every process's RNG states, the online probe, the monitors' buffers, the run's
+seconds so far (training and in all) and, with ``train.budget``, its planned step count and the
+measurement behind it (:mod:`twinview.train.budget`), the backbone spec, and the run's config as
+YAML, which a resume compares with the new command
 (:func:`twinview.run.resume.check_resume`) before anything is written.
 """
 
@@ -37,6 +39,8 @@ def capture(run: Any, loader_state: dict) -> dict:
         "rng": states,
         "probe": run.probe.state_dict() if run.probe is not None else None,
         "monitors": run.monitors.state_dict(),  # the epoch's health buffers (mid-epoch resume)
+        "timing": run.timing.state_dict(),  # train_seconds, run_seconds: summed across resumes
+        "budget": run.budget.state_dict() if run.budget is not None else None,
         "backbone_spec": run.spec,
         "method_name": run.cfg.method.name,
         "config": to_yaml(run.cfg),
@@ -73,7 +77,8 @@ def restore(run: Any, state: dict) -> None:
     """Put ``state`` back into the run (weights, optimizer, step, loader position, RNG, ...).
 
     The optimizer's buffers come from the checkpoint; its hyperparameters (lr, weight decay)
-    from this command's config.
+    from this command's config. With ``train.budget``, the step count is the saved plan's
+    (:meth:`twinview.train.budget.RunBudget.resume`).
     """
     run.method.load_state_dict(state["method"])
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]
@@ -89,3 +94,6 @@ def restore(run: Any, state: dict) -> None:
     run.loader.load_state_dict(state["loader"])
     rng = state["rng"]
     restore_rng_state(rng[run.info.rank] if run.info.rank < len(rng) else rng[0])
+    run.timing.load_state_dict(state.get("timing"))
+    if run.budget is not None:  # the saved plan, a re-plan for a new budget, or measure again
+        run.budget.resume(run, state.get("budget"))

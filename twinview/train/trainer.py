@@ -9,6 +9,7 @@ A plain loop a reader can hold in their head (nanoGPT style)::
         every `accumulate` micro-batches: method.on_after_backward(), set lr,
                                           optimizer step, method.on_step_end(progress)
         every N steps and at each epoch end: checkpoint (atomic)
+        with train.budget, once the first steps are timed: fix total_steps (train/budget.py)
     each epoch end: monitors (validation kNN, health) -> metrics.jsonl, TensorBoard
     end: test kNN beside the raw-pixel baseline, backbone.pt, summary.json
 
@@ -39,6 +40,7 @@ from twinview.run.checkpoint import load_latest, save_checkpoint
 from twinview.run.data import DataSplits, build_data, eval_transform, view_size
 from twinview.run.directory import RunDirectory
 from twinview.train import state as run_state
+from twinview.train.budget import budget_for
 from twinview.train.build import (
     backbone_spec,
     build_model,
@@ -55,6 +57,7 @@ from twinview.train.precision import autocast, choose_precision
 from twinview.train.rng import seed_everything
 from twinview.train.schedules import apply_lr
 from twinview.train.setup import ProcessInfo, ddp_wrap
+from twinview.train.timing import RunTiming
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _Run:
     """One pretraining run in one process."""
 
     def __init__(self, cfg: PretrainConfig, info: ProcessInfo, directory: RunDirectory) -> None:
+        self.timing = RunTiming()  # the run's clock starts here (train/timing.py)
         self.cfg, self.info, self.directory = cfg, info, directory
         self.run_dir = directory.path
         t = cfg.train
@@ -124,6 +128,7 @@ class _Run:
             eval_transform(size, self.spec["mean"], self.spec["std"]),
             info.device,
             seed=t.seed,
+            autocast_dtype=torch.bfloat16 if self.precision == "bf16" else None,
         )
         self.probe: OnlineLinearProbe | None = None
         if cfg.monitor.online_probe and self.data.num_classes:
@@ -131,10 +136,15 @@ class _Run:
             self.probe.to(info.device)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.log = MetricsLog(self.run_dir, enabled=info.is_main)
+        self.budget = budget_for(self)  # train.budget: provisional total_steps until planned
 
     # --- state ---------------------------------------------------------------------------------
 
     def save(self, loader_state: dict) -> None:
+        with self.timing.checkpointing():  # not training time; timed for train.budget
+            self._save(loader_state)
+
+    def _save(self, loader_state: dict) -> None:
         params = [p.detach() for p in self.method.parameters()]
         if not all(torch.isfinite(n) for n in torch._foreach_norm(params)):
             raise TrainingDiverged(
@@ -186,12 +196,15 @@ class _Run:
         previous_handlers = _install_signal_handlers(stop)
         started = time.time()
         bar = self._progress_bar()
+        if self.budget is not None:
+            self.budget.show(self, bar)
         try:
             while self.step < self.total_steps and stop.signal is None:
                 if not (resumed and self.step > 0 and self._mid_epoch()):
                     self.loader.set_epoch(self.epoch)
                 resumed = False
-                self._epoch(model, stop, bar)
+                with self.timing.training():
+                    self._epoch(model, stop, bar)
                 if stop.signal is not None:
                     break
                 self._end_epoch(complete=self._epoch_complete())
@@ -226,7 +239,7 @@ class _Run:
         from tqdm.auto import tqdm
 
         return tqdm(
-            total=self.total_steps,
+            total=None if self.budget is not None and self.budget.measuring else self.total_steps,
             initial=self.step,
             desc=f"{self.cfg.method.name}",
             unit="step",
@@ -289,6 +302,8 @@ class _Run:
                 rate = window_steps * t.batch_size / max(time.time() - window_start, 1e-9)
                 bar.set_postfix(loss=f"{value:.3f}", img_s=f"{rate:.0f}", refresh=False)
                 bar.update(1)
+            if self.budget is not None:
+                self.budget.after_step(self, bar)  # fixes total_steps once the first steps ran
             if self.step % self.cfg.monitor.log_every_steps == 0 or self.step == self.total_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
                 logs = {**out.logs, **(probe_logs if self.probe is not None else {})}
@@ -320,8 +335,10 @@ class _Run:
         backbone = self.method.evaluation_backbone()
         values: dict[str, Any] = {}
         if self.info.is_main:
-            values = self.monitors.epoch_end(backbone, self.epoch, step=self.step)
-            self.log.log("epoch", self.step, self.epoch, {**values, "complete": complete})
+            monitors = self.monitors.epoch_end
+            values = self.timing.timed_eval(monitors, backbone, self.epoch, step=self.step)
+            record = {**values, "complete": complete, **self.timing.epoch_record()}
+            self.log.log("epoch", self.step, self.epoch, record)
             if "val_knn_top1" in values:
                 from tqdm.auto import tqdm
 
