@@ -30,6 +30,9 @@ _EPOCH_KNOWN = {
     "val_feature_rankme",
     "health_uniformity",
     "collapse_warning",
+    "complete",  # bookkeeping, not curves: whether the epoch ran to its end
+    "train_seconds",
+    "eval_seconds",
 }
 MAX_EXTRA_PANELS = 6
 

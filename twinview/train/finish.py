@@ -32,8 +32,12 @@ def finish(run: Any, seconds: float) -> dict:
         "skipped_steps": run.skipped_steps,
         "precision": run.precision,
         "precision_reason": run.precision_choice.reason,
+        "train_seconds": round(run.timing.train_seconds, 1),  # all sessions, steps only
+        "budget": cfg.train.budget,
         "run_dir": str(run.run_dir),
     }
+    if run.budget is not None and run.budget.images_per_s:
+        summary["budget_images_per_s"] = round(run.budget.images_per_s, 1)  # the measured rate
     if not run.info.is_main:
         return summary
     scores, test = run.monitors.final(run.method.evaluation_backbone())
