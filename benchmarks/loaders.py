@@ -7,6 +7,9 @@ Measures images/s of
 2. the folder loader on a generated folder of JPEGs (default 10,000 at 96 x 96) with 2 decoding
    workers: decoding + geometry in the workers, photometry on the device; first epoch (worker
    start-up included) and second epoch (persistent workers), plus decoding alone;
+   the same folder written as WebDataset tar shards (``twinview shards``, 1,000 per shard),
+   streamed by the shard loader with the same workers and views: reading is sequential, so
+   the difference is file-open and random-read cost against tar streaming;
 3. the training step alone (forward, backward, optimizer step, momentum update) of the default
    config (``twinview pretrain`` with no arguments: SimCLR, ConvNet, batch 256, Fashion-MNIST),
    on a fixed batch of views.
@@ -15,6 +18,7 @@ When (1) or (2) is well above (3) the run is compute-bound. Not a test: numbers 
 machine; see BENCHMARKS.md for recorded results.
 
     python benchmarks/loaders.py [--device cuda] [--batches 40] [--steps 10] [--out FILE.md]
+        [--jpegs 10000] [--only folder,shards]
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from PIL import Image
 
 from twinview.config import PretrainConfig, resolve_defaults
 from twinview.data import FolderLoader, ImageFolder, SyntheticShapes, build_loader
+from twinview.data.shard_loader import ShardLoader
+from twinview.data.shard_writer import write_shards
+from twinview.data.shards import ShardSource
 from twinview.run.data import build_data, view_size
 from twinview.train.build import (
     backbone_spec,
@@ -132,8 +139,12 @@ def main() -> None:
     parser.add_argument("--jpeg-size", type=int, default=96)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--folder", default="/tmp/twinview-bench-jpegs")
+    parser.add_argument("--shards", default="/tmp/twinview-bench-shards")
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--only", default="memory,folder,shards,step", help="sections to run")
     parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     device = torch.device(args.device)
     cfg = resolve_defaults(PretrainConfig())
     batch_size = cfg.train.batch_size
@@ -147,7 +158,7 @@ def main() -> None:
     data = build_data(cfg)
     size = view_size(cfg, data)
     views = build_run_views(cfg, cfg.method.name, size)
-    for with_views in (True, False):
+    for with_views in (True, False) if "memory" in only else ():
         loader = build_loader(
             data.train,
             batch_size=batch_size,
@@ -170,7 +181,7 @@ def main() -> None:
     name = f"image folder scan + header check, {len(source)} JPEGs"
     record(name, f"{scanned:.1f} s (generation {made:.0f} s)")
     jpeg_views = build_views(cfg.views.preset or "simclr", size=args.jpeg_size)
-    for with_views in (True, False):
+    for with_views in (True, False) if "folder" in only else ():
         loader = FolderLoader(
             source,
             batch_size=batch_size,
@@ -185,10 +196,35 @@ def main() -> None:
         name = f"folder loader, {args.jpeg_size} px JPEGs, {args.workers} workers, {what}"
         record(name, f"epoch 1 {first:,.0f} img/s, epoch 2 {second:,.0f} img/s")
 
+    # 2b. The same images as tar shards, streamed.
+    if "shards" in only:
+        start = time.perf_counter()
+        pattern = write_shards(folder, args.shards, shard_size=args.shard_size, overwrite=True)[
+            "train"
+        ]
+        shards = ShardSource(pattern)
+        name = f"twinview shards: {len(shards)} JPEGs -> {len(shards.shards)} tar shards"
+        record(name, f"{time.perf_counter() - start:.1f} s")
+        for with_views in (True, False):
+            loader = ShardLoader(
+                shards,
+                batch_size=batch_size,
+                geometry=jpeg_views.geometry if with_views else None,
+                photometry=jpeg_views.photometry if with_views else None,
+                device=device,
+                num_workers=args.workers,
+            )
+            first = _epoch_rate(loader, device)
+            second = _epoch_rate(loader, device)
+            what = "simclr views" if with_views else "decoding only"
+            name = f"shard loader, {args.jpeg_size} px JPEGs, {args.workers} workers, {what}"
+            record(name, f"epoch 1 {first:,.0f} img/s, epoch 2 {second:,.0f} img/s")
+
     # 3. The training step alone.
-    step_rate, step_best, label = train_step_rate(cfg, device, args.steps)
-    name = f"training step alone ({label}), B={batch_size}"
-    record(name, f"{step_rate:,.0f} img/s (best step {step_best:,.0f})")
+    if "step" in only:
+        step_rate, step_best, label = train_step_rate(cfg, device, args.steps)
+        name = f"training step alone ({label}), B={batch_size}"
+        record(name, f"{step_rate:,.0f} img/s (best step {step_best:,.0f})")
 
     machine = (
         f"{cpu_name()}, {os.cpu_count()} CPUs, "

@@ -6,6 +6,7 @@ twinview export   RUN [format=pt|torchvision|timm|torchscript|onnx|safetensors] 
 twinview embed    RUN [data=...] [split=train|test] out=FILE
 twinview eval     RUN [protocols=knn,linear,finetune] [seeds=N] [data=...] [out=FILE]
 twinview report   RUN
+twinview shards   FOLDER OUT/ [--shard-size N] [--seed S] [--overwrite]
 
 Run files are data, never code: a TorchScript backbone is read only with torchscript=true,
 because loading one runs code from the file.
@@ -190,6 +191,32 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
+def _shards(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="twinview shards",
+        description="Write WebDataset tar shards (and their index) from a folder of images; "
+        "train on them with data=OUT/train-{000000..NNNNNN}.tar.",
+    )
+    parser.add_argument("folder", help="image folder (class subfolders, or train/ and test/)")
+    parser.add_argument("out", help="output folder for the shards")
+    parser.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample order")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing shard sets")
+    args = parser.parse_args(argv)
+    from twinview.data.shard_writer import write_shards
+
+    patterns = write_shards(
+        args.folder, args.out, shard_size=args.shard_size, seed=args.seed, overwrite=args.overwrite
+    )
+    for split, pattern in patterns.items():
+        print(
+            f"wrote {split} shards: data={pattern}"
+            if split == "train"
+            else f"wrote {split} shards: {pattern} (found beside the train shards)"
+        )
+    return 0
+
+
 COMMANDS = {
     "pretrain": _pretrain,
     "views": _views,
@@ -197,6 +224,7 @@ COMMANDS = {
     "embed": _embed,
     "eval": _eval,
     "report": _report,
+    "shards": _shards,
 }
 
 

@@ -123,8 +123,11 @@ def resolve_defaults(cfg: PretrainConfig) -> PretrainConfig:
 
 
 def run_name(cfg: PretrainConfig) -> str:
-    """``output.name``, or ``<method>-<dataset>`` (the folder's name for an image folder)."""
+    """``output.name``, or ``<method>-<dataset>`` (the folder's name for an image folder or for
+    the folder holding tar shards)."""
     if cfg.output.name:
         return cfg.output.name
     dataset = Path(cfg.data.dataset.rstrip("/\\")).name or "data"
+    if dataset.lower().endswith((".tar", "-index.json")):  # shards: name the folder they are in
+        dataset = Path(cfg.data.dataset).expanduser().absolute().parent.name or "shards"
     return f"{cfg.method.name}-{''.join(c if c.isalnum() or c in '-_.' else '_' for c in dataset)}"

@@ -70,7 +70,10 @@ class BackboneConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("fashion_mnist", "dataset name (fashion_mnist, cifar10, ...) or image folder")
+    dataset: str = _f(
+        "fashion_mnist",
+        "dataset name (fashion_mnist, cifar10, ...), image folder, or shards (dir/a-{0..9}.tar)",
+    )
     root: str | None = _f(None, "where datasets are stored / downloaded (None: the default cache)")
     val_fraction: float = _f(0.1, "fraction of the training set held out for validation")
     loader: str = _f("auto", "auto, memory (whole set on the device) or workers (DataLoader)")
@@ -165,6 +168,7 @@ class MonitorConfig:
     collapse_rank_threshold: float = _f(0.01, "warn when effective rank / dim falls below this")
     nan_policy: str = _f("raise", "on a non-finite loss: raise (stop) or skip (skip the step)")
     log_every_steps: int = _f(50, "log training scalars every N steps")
+    sample_log: bool = _f(False, "write each batch's sample indices to samples-rank<r>.jsonl")
 
 
 @dataclass

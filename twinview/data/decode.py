@@ -45,10 +45,12 @@ class ImageTooLargeError(ValueError):
 
 
 def _too_large(path: str | os.PathLike[str], pixels: int, size: str, max_pixels: int) -> str:
+    # A file object (an image read from a tar shard) names itself with a ``name`` attribute.
+    name = getattr(path, "name", "the image") if hasattr(path, "read") else os.fspath(path)
     return (
         f"{size} = {pixels / 1e6:.1f} megapixels is over the limit of max_pixels={max_pixels} "
         f"({max_pixels / 1e6:.1f} megapixels; decoding would take ~{3 * pixels / 2**30:.1f} GiB). "
-        f"If {os.fspath(path)} really is that large, raise the limit with "
+        f"If {name} really is that large, raise the limit with "
         "data.max_pixels=<pixels> (max_pixels=... in Python), or downscale the image"
     )
 

@@ -73,7 +73,8 @@ class _GeometryDataset:
         return views, label, index, failed
 
 
-def _collate(samples: list[tuple[list[Tensor], int, int, list[str]]]):
+def collate_views(samples: list[tuple[list[Tensor], int, int, list[str]]]):
+    """Samples ``(views, label, index, failed paths)`` -> stacked views, labels, index, failed."""
     views = []
     for v in range(len(samples[0][0])):
         shapes = {tuple(s[0][v].shape) for s in samples}
@@ -153,7 +154,7 @@ class FolderLoader(EpochPosition):
             _GeometryDataset(source, geometry, seed),
             batch_sampler=self._sampler,
             num_workers=num_workers,
-            collate_fn=_collate,
+            collate_fn=collate_views,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers and num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,

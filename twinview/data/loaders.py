@@ -6,7 +6,9 @@ Two loaders share one interface (iterate -> :class:`Batch`, ``len``, ``set_epoch
 - :class:`InMemoryLoader`: the whole uint8 dataset on the training device; for sources that
   expose ``images`` and fit ``memory_budget_bytes``;
 - :class:`FolderLoader`: DataLoader workers decode and apply geometry; for image folders and
-  anything too big.
+  anything too big;
+- :class:`ShardLoader`: workers stream WebDataset tar shards (any mode; shards are never random
+  access in training).
 
 :func:`build_loader` picks one (``mode="auto"``) or obeys ``mode="memory"`` / ``"folder"``.
 """
@@ -23,8 +25,17 @@ from torch.utils.data import DataLoader
 from twinview.data.batch import Batch
 from twinview.data.folder_loader import FolderLoader, GeometryFn, PhotometryFn
 from twinview.data.memory_loader import InMemoryLoader, ViewsFn
+from twinview.data.shard_loader import ShardLoader
+from twinview.data.shards import ShardSource
 
-__all__ = ["Batch", "FolderLoader", "InMemoryLoader", "build_loader", "ordered_batches"]
+__all__ = [
+    "Batch",
+    "FolderLoader",
+    "InMemoryLoader",
+    "ShardLoader",
+    "build_loader",
+    "ordered_batches",
+]
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of uint8 images kept whole on the device
 
@@ -45,7 +56,7 @@ def build_loader(
     geometry: GeometryFn | None = None,
     photometry: PhotometryFn | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
-) -> InMemoryLoader | FolderLoader:
+) -> InMemoryLoader | FolderLoader | ShardLoader:
     """A training loader for ``source``.
 
     Args:
@@ -86,6 +97,10 @@ def build_loader(
         else:
             whole: ViewsFn = views
             photometry = lambda batches, generator: whole(batches[0], generator)
+    if isinstance(source, ShardSource):
+        return ShardLoader(
+            source, geometry=geometry, photometry=photometry, num_workers=num_workers, **common
+        )
     return FolderLoader(
         source, geometry=geometry, photometry=photometry, num_workers=num_workers, **common
     )

@@ -14,6 +14,7 @@ import torch
 from twinview.data.cifar import CIFAR10, CIFAR100
 from twinview.data.fashion_mnist import FashionMNIST
 from twinview.data.folder import ImageFolder
+from twinview.data.shards import ShardSource, is_shard_spec, split_spec
 from twinview.data.stl10 import STL10
 from twinview.data.synthetic import SyntheticShapes
 
@@ -81,8 +82,9 @@ def load_dataset(
 
     Args:
         name_or_path: ``"fashion_mnist"`` (default), ``"cifar10"``, ``"cifar100"``, ``"stl10"``,
-            ``"synthetic"``; anything else is a path to an image folder or to a ``.txt`` /
-            ``.csv`` file list.
+            ``"synthetic"``; a pattern of WebDataset tar shards (``dir/train-{000000..000127}.tar``)
+            or their index (``dir/train-index.json``, see :mod:`twinview.data.shards`); anything
+            else is a path to an image folder or to a ``.txt`` / ``.csv`` file list.
         split: ``"train"``, ``"test"``, or ``"unlabeled"`` (STL-10). The validation split is
             carved out of ``"train"`` by :func:`~twinview.data.splits.train_val_split`. For a
             folder, ``split`` picks the subfolder of that name when there is one (``images/test``);
@@ -120,6 +122,8 @@ def load_dataset(
         else:
             source = STL10(split, root=root, **kwargs)
         return source if channels is None else with_channels(source, channels)
+    if is_shard_spec(key):
+        return _load_shards(key, split, kwargs)
     path = Path(key).expanduser()
     if not path.exists():
         raise ValueError(
@@ -141,6 +145,23 @@ def load_dataset(
             f"other splits live in {path / split}"
         )
     return ImageFolder(path, **kwargs)
+
+
+def _load_shards(spec: str, split: str, kwargs: dict[str, Any]) -> ShardSource:
+    """Tar shards: the pattern is the train split; ``test`` is the set beside it with ``test``
+    in place of ``train`` in its name (``test-index.json`` or ``test-*.tar``)."""
+    check_options(
+        f"{spec!r} (tar shards)", [o for o in source_options(ShardSource) if o != "keep"], kwargs
+    )
+    if split != "train":
+        other = split_spec(spec, split)
+        if other is None:
+            raise FileNotFoundError(
+                f"{spec}: no {split} shards beside these (looked for a {split}-index.json or "
+                f"{split}-*.tar next to them, named like the train set with {split!r} for 'train')"
+            )
+        spec = other
+    return ShardSource(spec, **kwargs)
 
 
 def with_channels(source: Any, channels: int) -> Any:

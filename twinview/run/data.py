@@ -18,6 +18,7 @@ from torch import Tensor
 
 from twinview.config import DataConfig, PretrainConfig
 from twinview.data import builtin_name, load_dataset, subset, train_val_split
+from twinview.data.shards import ShardSource
 from twinview.views.preview import square_crop as square_crop_image
 
 
@@ -58,9 +59,11 @@ def build_data(cfg: PretrainConfig) -> DataSplits:
         test = None  # an image folder has no test split; reports then say "validation"
     images = getattr(full, "images", None)
     size = int(images.shape[-1]) if images is not None else None
+    # Tar shards stay shards (streamed for training), restricted to each part's samples.
+    part = full.select if isinstance(full, ShardSource) else functools.partial(subset, full)
     return DataSplits(
-        train=subset(full, train_idx),
-        val=subset(full, val_idx),
+        train=part(train_idx),
+        val=part(val_idx),
         test=test,
         channels=int(full.channels),
         image_size=size,

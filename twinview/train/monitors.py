@@ -130,8 +130,10 @@ class Monitors:
         self.device = device
         self.buffer = EmbeddingBuffer()  # projector embeddings of training batches
         self.feature_buffer = EmbeddingBuffer()  # backbone features of training batches
-        self.labeled = _labeled(data.train) and _labeled(data.val)
         self.in_memory = hasattr(data.train, "images") and hasattr(data.val, "images")
+        # kNN monitors need in-memory splits; only then read the labels (a shard set's labels
+        # would cost a pass over every shard's headers).
+        self.labeled = self.in_memory and _labeled(data.train) and _labeled(data.val)
         self._bank_index: Tensor | None = None
         if self.in_memory and cfg.knn_max_train and len(data.train) > cfg.knn_max_train:
             g = torch.Generator().manual_seed(seed)

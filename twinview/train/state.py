@@ -26,9 +26,12 @@ def capture(run: Any, loader_state: dict) -> dict:
     """The run's state; collective (every process sends its RNG state to every other)."""
     rng = capture_rng_state()
     states: list[Any] = [rng]
+    loaders: list[Any] = [loader_state]  # a shard stream's progress differs per process
     if run.info.world_size > 1:
         states = [None] * run.info.world_size
         dist.all_gather_object(states, rng)
+        loaders = [None] * run.info.world_size
+        dist.all_gather_object(loaders, loader_state)
     return {
         "method": run.method.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -36,6 +39,7 @@ def capture(run: Any, loader_state: dict) -> dict:
         "step": run.step,
         "epoch": run.epoch,
         "loader": loader_state,
+        "loader_per_process": loaders,
         "rng": states,
         "probe": run.probe.state_dict() if run.probe is not None else None,
         "monitors": run.monitors.state_dict(),  # the epoch's health buffers (mid-epoch resume)
@@ -91,7 +95,9 @@ def restore(run: Any, state: dict) -> None:
     if state.get("monitors") is not None:
         run.monitors.load_state_dict(state["monitors"])
     run.step, run.epoch = int(state["step"]), int(state["epoch"])
-    run.loader.load_state_dict(state["loader"])
+    loaders = state.get("loader_per_process") or [state["loader"]]
+    same_world = len(loaders) == run.info.world_size
+    run.loader.load_state_dict(loaders[run.info.rank] if same_world else state["loader"])
     rng = state["rng"]
     restore_rng_state(rng[run.info.rank] if run.info.rank < len(rng) else rng[0])
     run.timing.load_state_dict(state.get("timing"))

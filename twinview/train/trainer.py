@@ -55,6 +55,7 @@ from twinview.train.memory import keep_freed_memory
 from twinview.train.monitors import Monitors
 from twinview.train.precision import autocast, choose_precision
 from twinview.train.rng import seed_everything
+from twinview.train.sample_log import SampleLog
 from twinview.train.schedules import apply_lr
 from twinview.train.setup import ProcessInfo, ddp_wrap
 from twinview.train.timing import RunTiming
@@ -136,6 +137,7 @@ class _Run:
             self.probe.to(info.device)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.log = MetricsLog(self.run_dir, enabled=info.is_main)
+        self.sample_log = SampleLog(self.run_dir, info.rank, enabled=cfg.monitor.sample_log)
         self.budget = budget_for(self)  # train.budget: provisional total_steps until planned
 
     # --- state ---------------------------------------------------------------------------------
@@ -166,6 +168,7 @@ class _Run:
         if state is not None:
             changed = run_state.check_compatible(state, self.cfg, self.run_dir)
             run_state.restore(self, state)
+        self.sample_log.truncate(self.step)  # every process its own file
         if self.info.is_main:
             self.directory.write_text("config.yaml", to_yaml(self.cfg))
             if state is None:
@@ -253,6 +256,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation of last epoch
         window_loss, window_steps, window_start = 0.0, 0, time.time()
         for batch in self.loader:
+            self.sample_log.add(self.step + 1, self.epoch, batch.index)
             self.method.on_step_start(self.step, self.steps_per_epoch)
             with autocast(self.precision, self.info.device):
                 views = batch.views
