@@ -157,12 +157,6 @@ def validate(cfg: PretrainConfig, *, resolved: bool = True) -> None:
             f"config key 'schedule.warmup_epochs' ({warmup:g}) must not exceed "
             f"train.epochs ({cfg.train.epochs})"
         )
-    per_step = cfg.train.devices * cfg.train.accumulate
-    if per_step >= 1 and cfg.train.batch_size % per_step:
-        errors.append(
-            f"config key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by "
-            f"train.devices x train.accumulate ({per_step})"
-        )
     if resolved and cfg.method.name in methods:
         for key in ("optim.name", "optim.lr", "optim.weight_decay", "schedule.warmup_epochs"):
             if get(key) is None:
@@ -171,21 +165,44 @@ def validate(cfg: PretrainConfig, *, resolved: bool = True) -> None:
                     f"config key '{key}' is not set and {recipe} has no recipe for it; "
                     f"set it, e.g. {key}=..."
                 )
-    local = cfg.train.batch_size // per_step if per_step >= 1 else 0
-    if cfg.train.batch_size >= 1 and per_step >= 1 and local < MIN_LOCAL_BATCH:
-        errors.append(
-            f"config key 'train.batch_size' ({cfg.train.batch_size}) gives {local} image(s) per "
-            f"process and step (batch_size / (devices x accumulate)); every method needs at "
-            f"least {MIN_LOCAL_BATCH}: BatchNorm in the projector cannot normalise one sample, "
-            "and a contrastive loss with no other image has no negatives (SimCLR's loss is then "
-            f"exactly 0). Use train.batch_size >= {MIN_LOCAL_BATCH * per_step}"
-        )
+    errors += _batch_split_errors(cfg, cfg.train.devices, "train.devices")
     if cfg.backbone.name.startswith("timm:") and len(cfg.backbone.name) > len("timm:"):
         problem = _timm_problem(cfg.backbone.name[len("timm:") :])
         if problem:
             errors.append(f"config key 'backbone.name' ({cfg.backbone.name}): {problem}")
     if errors:
         raise ConfigError("\n".join(errors) + f"\n{HELP_HINT}")
+
+
+def check_batch_split(cfg: PretrainConfig, world_size: int) -> None:
+    """The global ``train.batch_size`` must split evenly over the processes that were actually
+    started (torchrun or srun start them, whatever ``train.devices`` says) and their accumulation
+    micro-steps, with at least :data:`MIN_LOCAL_BATCH` images each; raises :class:`ConfigError`."""
+    errors = _batch_split_errors(cfg, world_size, f"the world size ({world_size} processes)")
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def _batch_split_errors(cfg: PretrainConfig, processes: int, what: str) -> list[str]:
+    """``train.batch_size`` over ``processes`` x ``train.accumulate`` (``what`` names the
+    processes in the messages): not divisible, or under MIN_LOCAL_BATCH images per part."""
+    errors = []
+    per_step = processes * cfg.train.accumulate
+    if per_step >= 1 and cfg.train.batch_size % per_step:
+        errors.append(
+            f"config key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by "
+            f"{what} x train.accumulate ({per_step})"
+        )
+    local = cfg.train.batch_size // per_step if per_step >= 1 else 0
+    if cfg.train.batch_size >= 1 and per_step >= 1 and local < MIN_LOCAL_BATCH:
+        errors.append(
+            f"config key 'train.batch_size' ({cfg.train.batch_size}) gives {local} image(s) per "
+            f"process and step (batch_size / ({what} x accumulate)); every method needs at "
+            f"least {MIN_LOCAL_BATCH}: BatchNorm in the projector cannot normalise one sample, "
+            "and a contrastive loss with no other image has no negatives (SimCLR's loss is then "
+            f"exactly 0). Use train.batch_size >= {MIN_LOCAL_BATCH * per_step}"
+        )
+    return errors
 
 
 def _timm_problem(model: str) -> str | None:

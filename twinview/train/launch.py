@@ -15,6 +15,7 @@ from typing import Any
 import torch.distributed as dist
 
 from twinview.config import PretrainConfig, config_from_args, run_name
+from twinview.config.checks import check_batch_split
 from twinview.run.directory import RunDirectory
 from twinview.train.setup import ProcessInfo, cleanup, init_distributed, launch_env, spawn
 from twinview.train.trainer import _Run
@@ -65,6 +66,7 @@ def _train(cfg: PretrainConfig, run_dir_arg: str | None) -> dict:
     info = init_distributed(cfg.train.device, *env)
     directory = None
     try:
+        check_batch_split(cfg, info.world_size)  # torchrun / srun may start != train.devices
         if run_dir_arg is not None:  # spawned: the parent process holds the lock
             directory = RunDirectory(Path(run_dir_arg), None)
         else:
