@@ -2,8 +2,9 @@
 
 Each readable image of the folder (the same scan as ``data=FOLDER``: nested folders, unreadable
 and oversized files skipped and named) becomes one sample: its file's bytes unchanged under the
-key ``<8-digit number>`` plus ``.cls`` (class id) for a labeled folder and ``.json`` (the source
-path relative to the folder, and the class name). Samples are written in a seeded random order,
+key ``<8-digit number>``, plus ``.cls`` (class id) for a labeled folder. Nothing else goes into
+the tar (tar headers cost as much to parse as a small JPEG to decode); ``<split>-files.tsv``
+lists each ``shard:key`` with the file it came from. Samples are written in a seeded random order,
 because a stream reads shards sequentially and only shuffles within a buffer: a folder sorted by
 class would otherwise give batches of one class. A folder with ``train/`` (and ``test/``)
 subfolders gives one shard set per split, named ``train-000000.tar``, ...; each set gets a wids
@@ -84,7 +85,7 @@ def _write_split(
     source = ImageFolder(root, labeled=labeled, max_pixels=max_pixels)
     assert source.paths is not None
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()
-    shards = []
+    shards, listing = [], []
     for first in range(0, len(order), shard_size):
         name = f"{split}-{len(shards):06d}.tar"
         partial = out / f".{name}.partial"
@@ -93,16 +94,14 @@ def _write_split(
                 i = order[number]
                 path = Path(source.paths[i])
                 label = int(source.labels[i])
-                meta = {"path": str(path.relative_to(root))}
                 sample = {
                     "__key__": f"{number:08d}",
                     path.suffix.lower().lstrip("."): path.read_bytes(),
                 }
                 if label >= 0 and source.classes is not None:
                     sample["cls"] = str(label).encode()
-                    meta["label"] = source.classes[label]
-                sample["json"] = json.dumps(meta).encode()
                 tar.write(sample)
+                listing.append(f"{name}:{number:08d}\t{path.relative_to(root).as_posix()}\n")
         partial.replace(out / name)
         shards.append({"url": name, "nsamples": min(shard_size, len(order) - first)})
     index = {
@@ -113,6 +112,7 @@ def _write_split(
         "classes": source.classes,
         "skipped": [path for path, _ in source.skipped],
     }
+    (out / f"{split}-files.tsv").write_text("".join(listing))
     partial_index = out / f".{split}-index.json.partial"
     partial_index.write_text(json.dumps(index, indent=1))
     partial_index.replace(out / f"{split}-index.json")
