@@ -18,6 +18,7 @@ import torch
 
 from twinview import cli
 from twinview.config import ConfigError, load_config
+from twinview.report.embedding_map import map_2d
 from twinview.run.checkpoint import load_checkpoint
 from twinview.train import budget, finish, timing
 from twinview.train.budget import Costs, overhead_seconds, parse_budget, plan_steps, step_seconds
@@ -274,18 +275,20 @@ def test_a_resume_with_another_budget_replans_from_the_saved_measurement(tmp_pat
 def test_a_short_budget_run_ends_within_it(tmp_path):
     """In-process (the clock starts with the run): measured costs, a real plan. A little slack
     above the budget for a shared machine whose load changes after the plan; the command-line
-    test below holds the ceiling strictly."""
+    test below holds the ceiling strictly. The report's map is compiled first (UMAP's numba JIT,
+    ~7 s once per process, is paid by the command-line test below within its budget)."""
+    map_2d(torch.randn(400, 16), seed=0)
     start = time.perf_counter()
-    assert _run(tmp_path, "budget=8s", "name=real") == 0
+    assert _run(tmp_path, "budget=12s", "name=real") == 0
     elapsed = time.perf_counter() - start
-    assert 0.5 * 8 < elapsed <= 1.05 * 8, elapsed
+    assert 0.5 * 12 < elapsed <= 1.05 * 12, elapsed
     assert json.loads((tmp_path / "real" / "summary.json").read_text())["steps"] > 20
 
 
 @pytest.mark.slow
 def test_a_budget_run_killed_after_its_plan_resumes_with_the_saved_count(tmp_path):
     command = [sys.executable, "-m", "twinview.cli", "pretrain", f"output.dir={tmp_path}",
-               *SMALL, "budget=15s", "name=kill"]  # fmt: skip
+               *SMALL, "budget=30s", "name=kill"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ckpt = tmp_path / "kill" / "checkpoints" / "last.pt"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -301,7 +304,7 @@ def test_a_budget_run_killed_after_its_plan_resumes_with_the_saved_count(tmp_pat
     done = subprocess.run(command, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     out = done.stdout.decode()
-    assert f"budget 15s: continuing the planned {planned:,} steps" in out
+    assert f"budget 30s: continuing the planned {planned:,} steps" in out
     assert "img/s over" not in out
     assert json.loads((tmp_path / "kill" / "summary.json").read_text())["steps"] == planned
 

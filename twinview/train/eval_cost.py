@@ -14,11 +14,11 @@ Measured, not guessed, on the main process; every estimate gets :data:`EVAL_MARG
 - a checkpoint: the slowest write of this session (the budget writes and times one at the
   planning step when there was none yet); at every epoch end and every
   ``train.checkpoint_every_steps``;
-- the report: its embedding map timed on 100 random points (after a first call, which also pays
-  any import or JIT) and scaled to the points it maps; one plot panel timed and counted
-  :data:`REPORT_PANELS` times (a full report's 3 training and 11 per-epoch panels, the map and
-  the views grid: 0.13 s each on a 2-core CPU); plus :data:`REPORT_SECONDS` for the neighbour
-  grid, summary.json and the HTML.
+- the report: its embedding map timed on 100 random points (400 for UMAP; after a first call,
+  which also pays any import or JIT) and scaled to the points it maps (as N^1.5 for UMAP);
+  one plot panel timed and counted :data:`REPORT_PANELS` times (a full report's 3 training and
+  11 per-epoch panels, the map and the views grid: 0.13 s each on a 2-core CPU); plus
+  :data:`REPORT_SECONDS` for the neighbour grid, summary.json and the HTML.
 
 An epoch end already timed in this session (small datasets reach one while measuring) replaces
 its estimate when it took longer. Random tensors come from a private generator: the run's RNG
@@ -97,7 +97,7 @@ def measure_costs(run: Any, step: float) -> Costs:
     """What the evaluation of ``run`` (a ``_Run``) will cost; see the module docstring."""
     from twinview.eval.features import extract_features
     from twinview.eval.health import health_report
-    from twinview.report.embedding_map import available_method, map_2d
+    from twinview.report.embedding_map import UMAP_MAX_POINTS, available_method, map_2d
     from twinview.report.plots import Panel, Series, panels_png
 
     mon, data, cfg, dim = run.monitors, run.data, run.cfg.monitor, int(run.spec["feature_dim"])
@@ -140,10 +140,16 @@ def measure_costs(run: Any, step: float) -> Costs:
         n_test, pixels = len(test), math.prod(test.images.shape[1:])
         final = (n_test + n_train) * per_image + _knn_seconds(n_test, n_train, dim, 200)
         final += _knn_seconds(n_test, n_train, pixels, 200)
-        points = min(n_test, 1000 if available_method() == "tsne" else 5000)
+        cap = {"tsne": 1000, "umap": UMAP_MAX_POINTS}.get(available_method(), 5000)
+        points = min(n_test, cap)
     if points >= 3 and available_method() != "pca":
-        x = torch.randn(100, dim, generator=g)
-        final += _timed(lambda: map_2d(x, seed=0), repeat=2) * points / 100
+        # The first call pays imports and JIT (numba for UMAP). t-SNE scales about linearly from
+        # 100 points; UMAP faster than linearly: timed at 400 and scaled as N^1.5 (measured 0.24
+        # -> 2.9 s for 400 -> 2000 points on 2 cores; N^1.5 predicts 2.7 s).
+        n = 400 if available_method() == "umap" else 100
+        x = torch.randn(n, dim, generator=g)
+        power = 1.5 if available_method() == "umap" else 1.0
+        final += _timed(lambda: map_2d(x, seed=0), repeat=2) * max(1.0, points / n) ** power
     steps = np.arange(100.0)
     panel = Panel("loss", "step", series=[Series("loss", steps, np.linspace(1.0, 0.0, 100))])
     final += _timed(lambda: panels_png([panel]), repeat=2) * REPORT_PANELS
