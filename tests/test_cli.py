@@ -37,6 +37,13 @@ def test_eval_writes_eval_json_and_prints_the_table(run_dir, capsys):
     result = json.loads((run_dir / "eval.json").read_text())
     assert len(result["protocols"]["linear"]["per_seed"]) == 2
     assert 0.0 <= result["protocols"]["knn"]["knn_top1_k20"] <= 1.0
+    # report.html is rewritten with these scores in its results table.
+    assert f"updated {run_dir / 'report.html'}" in out
+    page = (run_dir / "report.html").read_text()
+    assert "twinview eval" in page and "linear" in page.lower()
+    linear = result["protocols"]["linear"]
+    assert any(f"{100 * v:.2f}" in page or f"{v:.4f}" in page
+               for v in linear.values() if isinstance(v, float))  # fmt: skip
 
 
 def test_export_embed_report(run_dir, tmp_path, capsys):

@@ -4,7 +4,7 @@ twinview pretrain [--config FILE] [--print-config] [key=value ...]
 twinview views    [--config FILE] [key=value ...] [--out FILE] [--n N]
 twinview export   RUN [format=pt|torchvision|timm|torchscript|onnx|safetensors] [out=FILE]
 twinview embed    RUN [data=...] [split=train|test] out=FILE
-twinview eval     RUN [protocols=knn,linear,finetune] [seeds=N] [data=...] [out=FILE]
+twinview eval     RUN [protocols=knn,linear,finetune] [seeds=N] [data=...] [out=FILE] [report=false]
 twinview report   RUN
 twinview shards   FOLDER OUT/ [--shard-size N] [--seed S] [--overwrite]
 
@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from twinview.config import ConfigError
@@ -157,7 +158,8 @@ def _eval(argv: Sequence[str]) -> int:
     usage = (
         "usage: twinview eval RUN [protocols=knn,linear,finetune] [seeds=N] [data=...] "
         "[root=...] [baselines=true|false] [linear_epochs=N] [finetune_epochs=N] [device=...] "
-        "[out=FILE] [torchscript=true: allow a TorchScript file (RUNS CODE)]"
+        "[out=FILE] [report=false: leave report.html as it is] "
+        "[torchscript=true: allow a TorchScript file (RUNS CODE)]"
     )
     if (code := _usage(argv, usage)) is not None:
         return code
@@ -170,11 +172,19 @@ def _eval(argv: Sequence[str]) -> int:
         "baselines": bool,
         TRUSTED: bool,
     }
-    opts = _options(argv[1:], allowed, "eval")
+    opts = _options(argv[1:], {**allowed, "report": bool}, "eval")
+    update_report = opts.pop("report", True)
     if "protocols" in opts:
         opts["protocols"] = [p.strip() for p in opts["protocols"].split(",") if p.strip()]
     result = evaluate(argv[0], **opts)
     print(format_eval_table(result))
+    run = Path(argv[0])
+    if update_report and "out" not in opts and (run / "report.html").is_file():
+        # The report's results table reads eval.json: rewrite it so it shows these scores.
+        from twinview.report.from_run import report
+
+        keep = {k: opts[k] for k in ("device", TRUSTED) if k in opts}
+        print(f"updated {report(run, **keep)} with these results")
     return 0
 
 
