@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from tolerance import assert_close_to_scale
 from torch import nn
 
 from twinview.export import OnnxBackbone, export, load_backbone, resolve_weights, save_backbone
@@ -180,7 +181,9 @@ def test_onnx_round_trip(tmp_path):
         expected = backbone(x)
     got = loaded(x)
     assert got.shape == expected.shape
-    assert torch.allclose(got, expected, rtol=0, atol=1e-4)
+    # onnxruntime's float32 kernels sum otherwise than torch's: a few eps x sqrt(fan-in) of the
+    # features' scale (the widest convolution of the width-8 ConvNet sums 32 channels x 3 x 3)
+    assert_close_to_scale(got, expected, terms=32 * 9)
 
 
 def test_onnx_mismatch_is_caught_at_export(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerance import assert_close_to_scale
 from torch import nn
 
 from twinview.eval import OnlineLinearProbe, linear_probe
@@ -103,8 +104,11 @@ def test_stacked_grid_matches_torch_sgd_per_config() -> None:
                 optimizer.step()
                 cosine.step()
         rows = slice(4 * j, 4 * (j + 1))
-        torch.testing.assert_close(weight[rows], layer.weight.detach(), atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(bias[rows], layer.bias.detach(), atol=1e-5, rtol=1e-4)
+        # float32 (the grid trainer's dtype): stacked matmuls and per-config layers round
+        # otherwise, over 12 steps of gradients summed over batches of 16.
+        steps = {"terms": total * batch_size}
+        assert_close_to_scale(weight[rows], layer.weight.detach(), **steps)
+        assert_close_to_scale(bias[rows], layer.bias.detach(), **steps)
 
 
 def test_deterministic_and_invariant_to_feature_scale() -> None:

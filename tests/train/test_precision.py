@@ -105,12 +105,16 @@ def test_bf16_step_keeps_weights_ema_queue_and_bn_statistics_in_float32(name):
     assert all(p.grad.dtype == torch.float32 for p in method.parameters() if p.grad is not None)
 
 
-def test_default_run_reports_the_chosen_precision(tmp_path, capsys):
+@pytest.mark.parametrize("native", [True, False], ids=["amx", "no_native_bf16"])
+def test_default_run_reports_the_chosen_precision(tmp_path, capsys, monkeypatch, native):
+    """Both kinds of CPU on any machine: the detection is forced, not the machine's."""
+    _cpu_flags(monkeypatch, avx512_bf16=native, amx=native)
     args = ["data=synthetic", "data.options.n=64", "data.options.size=16", "backbone.width=8"]
     args += ["batch_size=32", "train.max_steps=1", "monitor.knn_every_epochs=0", "name=p"]
     assert main(["pretrain", f"output.dir={tmp_path}", *args]) == 0
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     expected = choose_precision("auto", CPU)
+    assert expected.name == ("bf16" if native else "fp32")
     assert summary["precision"] == expected.name
     assert summary["precision_reason"] == expected.reason
     assert f"twinview: precision {expected.name} ({expected.reason})" in capsys.readouterr().out

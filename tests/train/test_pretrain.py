@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerance import rounding
 
 from twinview.cli import main
 from twinview.run.checkpoint import load_checkpoint
+from twinview.train.precision import cpu_native_bf16
 
 # Small synthetic images and a narrow ConvNet keep each run to seconds on 2 cores.
 SMALL = [
@@ -236,7 +238,9 @@ def test_two_processes_follow_the_one_process_loss_curve(method, tmp_path):
 
     one, two = losses("one"), losses("two")
     assert len(one) == len(two) == 4
-    assert one == pytest.approx(two, abs=2e-5)
+    # float32 sums over the global batch of 32, split in two, round otherwise (measured: up to 5
+    # eps of the loss after 4 steps): a few eps x sqrt(32) relative, far below a real bug's error.
+    assert one == pytest.approx(two, rel=rounding(torch.float32, terms=32), abs=0)
 
 
 def test_online_probe_and_nan_stop(tmp_path, capsys, monkeypatch):
@@ -282,8 +286,7 @@ def test_accumulation_and_bf16_on_cpu(tmp_path, extra):
     summary = json.loads((tmp_path / "x" / "summary.json").read_text())
     assert summary["steps"] == 2
     if "precision=bf16" in extra:
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        assert summary["precision"] == ("bf16" if native else "fp32")
+        assert summary["precision"] == ("bf16" if cpu_native_bf16() else "fp32")
 
 
 @pytest.mark.slow
