@@ -5,6 +5,7 @@ run's numbers beside the baselines, and which degrades to notes when inputs are 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import math
@@ -12,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -230,6 +232,67 @@ def test_results_tables_show_run_beside_baselines(full_report):
     assert headers[1] == ["metric", "this run", "raw pixels", "random init", "supervised"]
 
 
+def test_results_table_folds_mean_and_std_over_seeds():
+    results = {
+        "seeds": 3,
+        "protocols": {"linear": {"linear_top1_mean": 0.8512, "linear_top1_std": 0.0034,
+                                 "per_seed": [{"linear_top1": 0.85}], "linear_lr": 0.1}},
+        "baselines": {"raw_pixel": {"linear": {"linear_top1_mean": 0.8, "linear_top1_std": None}}},
+    }  # fmt: skip
+    parser = PageParser()
+    parser.feed(results_table_html(results))
+    rows = {row[0]: row[1:] for row in parser.rows}
+    assert rows["linear top-1linear/linear_top1"] == ["85.12 ± 0.34%", "80.00%"]  # std null: 1 seed
+    assert rows["linear lrlinear/linear_lr"] == ["0.1", "—"]
+    assert len(rows) == 3  # header, the folded row, lr: no separate mean / std rows
+
+
+@pytest.mark.filterwarnings(r"ignore:k=\d+ exceeds the")
+def test_twinview_eval_puts_the_linear_probe_into_the_report(tmp_path):
+    """End to end: a run whose report.html has no eval.json yet; ``twinview eval`` writes
+    eval.json and rewrites the report, whose table then holds the linear probe (mean ± std over
+    the seeds) and the kNN scores beside the raw-pixel and random-init baselines."""
+    from twinview.cli import main
+    from twinview.config import load_config, save_config
+    from twinview.export import save_backbone
+    from twinview.nn import build_backbone
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(7)
+    backbone, _ = build_backbone("convnet", width=2)
+    spec = {"name": "convnet", "in_channels": 3, "cifar_stem": False, "kwargs": {"width": 2},
+            "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}  # fmt: skip
+    save_backbone(backbone, spec, run / "backbone.pt")
+    overrides = ["data=synthetic", "data.options.n=100", "data.options.size=16"]
+    save_config(load_config(None, overrides), run / "config.yaml")
+    (run / "summary.json").write_text(json.dumps({**SUMMARY, "run_dir": str(run)}))
+    before = {row[0] for row in parse(write_report(run)).rows if row}  # as pretraining left it
+    assert "linear top-1linear/linear_top1" not in before
+
+    argv = ["eval", str(run), "protocols=knn,linear", "linear_epochs=2", "seeds=2", "device=cpu"]
+    assert main(argv) == 0
+    result = json.loads((run / "eval.json").read_text())
+    page = parse(run / "report.html")
+    rows = {row[0]: row[1:] for row in page.rows if row}
+
+    def linear(scores: dict) -> str:
+        mean, std = scores["linear"]["linear_top1_mean"], scores["linear"]["linear_top1_std"]
+        return f"{100 * mean:.2f} ± {100 * std:.2f}%"
+
+    baselines = result["baselines"]
+    assert rows["linear top-1linear/linear_top1"] == [
+        linear(result["protocols"]), linear(baselines["raw_pixel"]),
+        linear(baselines["random_init"]),
+    ]  # fmt: skip
+    knn = [f"{s['knn']['knn_top1_k20']:.2%}" for s in (result["protocols"], *baselines.values())]
+    assert sorted(rows["kNN top-1 (k=20)knn/knn_top1_k20"]) == sorted(knn)
+    assert rows["kNN top-1 (k=20)knn_top1_k20"] == ["81.23%", "77.12%"]  # summary.json kept
+    text = " ".join(page.text)
+    assert "final-epoch numbers on the test split" in text and "over 2 seeds" in text
+    assert "Embedding map" in page.headings and len(page.images) >= 2  # map and grid redrawn
+
+
 def test_results_table_without_baselines_or_results():
     table = results_table_html({"eval_split": "val", "val_knn_top1_k20": 0.5}, prefix="val_")
     assert "50.00%" in table and "raw pixels" not in table
@@ -407,7 +470,11 @@ def nearest_neighbour_accuracy(points: np.ndarray, labels: np.ndarray) -> float:
     return float((labels[distances.argmin(axis=1)] == labels).mean())
 
 
-@pytest.mark.parametrize("method", ["pca", "tsne"])
+HAS_UMAP = importlib.util.find_spec("umap") is not None
+needs_umap = pytest.mark.skipif(not HAS_UMAP, reason="umap-learn is not installed")
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne", pytest.param("umap", marks=needs_umap)])
 def test_project_2d_keeps_clusters_apart(method):
     features, labels, _ = make_embeddings(n=60, classes=3, dim=32)
     points, used = project_2d(features, method=method)
@@ -436,6 +503,63 @@ def test_project_2d_umap_missing_is_a_clear_error():
     else:
         points, _ = project_2d(torch.randn(30, 4), method="umap")
         assert points.shape == (30, 2)
+
+
+def test_exact_knn_matches_brute_force():
+    x = np.random.default_rng(0).normal(size=(300, 7))
+    x[5] = x[4]  # a duplicate row is still its own first neighbour
+    indices, distances = embedding_map.exact_knn(x, 6, chunk=64)  # several blocks
+    full = np.linalg.norm(x[:, None] - x[None], axis=2)
+    assert indices.shape == distances.shape == (300, 6) and distances.dtype == np.float32
+    assert (indices[:, 0] == np.arange(300)).all() and (distances[:, 0] == 0).all()
+    assert indices[4, 1] == 5 and indices[5, 1] == 4
+    np.testing.assert_allclose(distances, np.sort(full, axis=1)[:, :6], atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(full, indices, axis=1), distances, atol=1e-5)
+
+
+@needs_umap
+def test_umap_map_is_reproducible_capped_and_quiet():
+    features, labels, _ = make_embeddings(n=2100, classes=3, dim=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = embedding_map.map_2d(features, seed=1)
+        again = embedding_map.map_2d(features, seed=1)
+    assert [str(w.message) for w in caught] == []  # the known harmless ones are silenced
+    assert first.method == "umap" and first.notes == ()
+    assert len(first.indices) == embedding_map.UMAP_MAX_POINTS
+    np.testing.assert_array_equal(first.points, again.points)  # seeded: same map
+    np.testing.assert_array_equal(first.indices, again.indices)
+    assert nearest_neighbour_accuracy(first.points, labels.numpy()[first.indices]) == 1.0
+    other = embedding_map.map_2d(features, seed=2)
+    assert not np.array_equal(other.indices, first.indices)
+    for n in (3, 4):  # tiny maps: no crash, no fallback
+        assert embedding_map.map_2d(features[:n], method="umap").method == "umap"
+
+
+def test_umap_failure_falls_back_to_tsne_and_says_so(monkeypatch, tmp_path, checked_tsne):
+    def broken(x, seed):
+        raise ImportError("numba is broken here")
+
+    monkeypatch.setattr(embedding_map, "_umap", broken)
+    features, labels, _ = make_embeddings(n=1200)
+    result = embedding_map.map_2d(features, method="umap")
+    assert result.method == "tsne" and len(result.indices) == 1000  # t-SNE's own cap
+    assert result.notes == (
+        "UMAP failed (ImportError: numba is broken here); t-SNE is shown instead.",
+    )
+    assert checked_tsne == [(1000, 32)]
+    text = " ".join(parse(write_report(tmp_path, test_features=features, test_labels=labels)).text)
+    assert "t-SNE of 1000 of 1200 l2-normalised test embeddings" in text
+    assert "UMAP failed (ImportError: numba is broken here)" in text
+
+
+def test_auto_without_umap_says_what_it_drew_instead(monkeypatch):
+    monkeypatch.setattr(embedding_map, "available_method", lambda: "pca")
+    result = embedding_map.map_2d(make_embeddings(n=30)[0])
+    assert result.method == "pca"
+    assert result.notes == (
+        "umap-learn is not installed (pip install 'twinview[report]'): PCA instead of UMAP.",
+    )
 
 
 # --- degenerate features: a diverged or collapsed run (lr=1e9) must still get its report -------

@@ -3,11 +3,16 @@
 :func:`map_2d` maps (N, D) features to (n, 2) points with one of three methods:
 
 - ``"umap"``: UMAP (McInnes et al., 2018, arXiv:1802.03426) from ``umap-learn`` (the
-  ``[report]`` extra). Keeps both local and some global structure; used by ``"auto"`` when
-  installed. On a 2-core CPU it costs ~7 s of numba compilation in each new process, then grows
-  faster than N: 0.24 / 0.9 / 2.9 s for 400 / 1000 / 2000 points at 200 epochs, 5.5 s for 5000
-  at its default 500 epochs, plus ~20 s more compilation above 4096 points (approximate
-  neighbours). So it maps at most :data:`UMAP_MAX_POINTS` with :data:`UMAP_EPOCHS` epochs.
+  ``[report]`` extra), seeded (single-threaded, reproducible), on exact neighbours computed here
+  (:func:`exact_knn`). Keeps both local and some global structure; what ``"auto"`` uses. On a
+  2-core CPU (Fashion-MNIST test features, 256-d) a new process pays ~1.5 s to import it and
+  ~4 s of numba compilation on its first map (umap-learn caches little of it; ~11 s more the very
+  first time, while numba fills its cache); then 0.2 / 0.5 / 1.0 / 3.7 s for 400 / 1000 / 2000 /
+  5000 points at 200 epochs. It maps at most :data:`UMAP_MAX_POINTS` with :data:`UMAP_EPOCHS`
+  epochs: 5.7 s in all in a new process (t-SNE's 1000 points: ~2-3 s). Left to itself,
+  umap-learn took 29 s for the 5000 points of the default run (500 epochs; its approximate
+  neighbours compile for ~20 s in every new process above 4096 points) and 11 s for 2000 at 200
+  epochs (below 4096 points it computes all distances with one Python call per pair).
 - ``"tsne"``: t-SNE (van der Maaten & Hinton, 2008) from scikit-learn, Barnes-Hut, PCA
   initialisation, on the features first reduced to 50 dimensions by PCA (the usual recipe).
   Slow on a CPU, so it uses at most ``tsne_max_points`` (default 1000) and runs on one
@@ -38,15 +43,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
+from numpy.linalg import LinAlgError
 from torch import Tensor
 
 Method = Literal["auto", "umap", "tsne", "pca"]
 METHODS = ("auto", "umap", "tsne", "pca")
+NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
 
 NOISE_FLOOR = 1e-5
 """RMS (over rows) of a principal coordinate of the l2-normalised rows below which that
@@ -172,17 +179,46 @@ def _tsne(x: np.ndarray, seed: int, max_iter: int) -> np.ndarray:
         return tsne.fit_transform(x.astype(np.float32)).astype(np.float64)
 
 
-def _umap(x: np.ndarray, seed: int) -> np.ndarray:
-    import umap
+def exact_knn(x: np.ndarray, k: int, *, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of each row of ``x`` (n, D) by Euclidean distance, itself first.
 
-    # Euclidean on (centred, rescaled) unit rows: the same neighbours as cosine on the raw rows.
-    reducer = umap.UMAP(
-        n_components=2, n_neighbors=min(15, x.shape[0] - 1), n_epochs=UMAP_EPOCHS,
-        random_state=seed,
-    )  # fmt: skip
+    Returns ``(indices, distances)``, (n, k) int64 and float32, nearest first, the layout UMAP
+    takes as ``precomputed_knn``. Brute force in blocks of ``chunk`` rows (at most chunk x n
+    distances at once): 0.1 s for 2000 x 256 rows, where UMAP itself computes the full distance
+    matrix with one Python call per pair below 4096 rows (~8 s for 2000) or compiles its
+    approximate search above (~20 s of numba JIT in every new process).
+    """
+    n = x.shape[0]
+    squared = np.einsum("ij,ij->i", x, x)
+    indices = np.empty((n, k), dtype=np.int64)
+    distances = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        d2 = squared[rows, None] + squared[None, :] - 2.0 * (x[rows] @ x.T)
+        np.maximum(d2, 0.0, out=d2)
+        d2[rows - start, rows] = -1.0  # each row is its own first neighbour, even among duplicates
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1, kind="stable")
+        nearest = np.take_along_axis(part, order, axis=1)
+        indices[rows] = nearest
+        distances[rows] = np.sqrt(np.maximum(np.take_along_axis(d2, nearest, axis=1), 0.0))
+    return indices, distances
+
+
+def _umap(x: np.ndarray, seed: int) -> np.ndarray:
     with warnings.catch_warnings():
-        # A seed makes UMAP single-threaded, which it announces on every call; that is the point.
-        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        for category, message in UMAP_HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        import umap
+
+        # Euclidean on (centred, rescaled) unit rows: the same neighbours as cosine on the raw
+        # rows. The neighbours are exact and computed here (see exact_knn).
+        k = min(UMAP_NEIGHBORS, x.shape[0] - 1)
+        init = "spectral" if x.shape[0] > 3 else "random"  # spectral takes 3 eigenvectors of N
+        reducer = umap.UMAP(
+            n_components=2, n_neighbors=k, n_epochs=UMAP_EPOCHS, random_state=seed, init=init,
+            precomputed_knn=(*exact_knn(x, k), None),
+        )  # fmt: skip
         return np.asarray(reducer.fit_transform(x), dtype=np.float64)
 
 
@@ -219,8 +255,19 @@ def _usable_rows(features: Tensor) -> tuple[np.ndarray, list[str]]:
     return torch.nonzero(usable).flatten().cpu().numpy(), notes
 
 
-UMAP_MAX_POINTS = 2000  # points a UMAP map uses (a seeded subset): ~3 s on 2 cores
+UMAP_MAX_POINTS = 2000  # points a UMAP map uses (a seeded subset): 1 s on 2 cores after JIT
 UMAP_EPOCHS = 200  # UMAP's own default for > 10,000 points; its 500 below that cost 2x
+UMAP_NEIGHBORS = 15  # UMAP's default
+UMAP_HARMLESS_WARNINGS = (
+    # A seed makes UMAP single-threaded, which it announces on every call; that is the point.
+    (UserWarning, r"n_jobs value .* overridden to 1 by setting random_state"),
+    # The neighbours are given (exact_knn), so there is no search index for transform(): unused.
+    (UserWarning, r"precomputed_knn\[2\] \(knn_search_index\) is not an NNDescent object"),
+    # ``import umap`` without TensorFlow, which only ParametricUMAP needs.
+    (ImportWarning, r"Tensorflow not installed; ParametricUMAP will be unavailable"),
+)
+"""(category, message regex) of the warnings umap-learn emits on every map that say nothing
+about the map; any other warning (disconnected points, failed spectral init, ...) shows."""
 
 
 def map_2d(
@@ -234,8 +281,10 @@ def map_2d(
 ) -> EmbeddingMap:
     """Map features to 2-D points for plotting, or say why they cannot be mapped.
 
-    Never hands the nonlinear methods input they crash on (see the module docstring), and
-    falls back to PCA when they fail or return non-finite points. Arguments as in
+    Never hands the nonlinear methods input they crash on (see the module docstring). When
+    UMAP fails (any exception, an import that breaks included) or returns non-finite points, the
+    map is t-SNE's (PCA's without scikit-learn); when t-SNE does, PCA's; the notes say so, and
+    ``method`` says which was drawn. Arguments as in
     :func:`project_2d`; any N (0, 1, 2 rows give no map, with the reason).
 
     Raises:
@@ -244,8 +293,11 @@ def map_2d(
     """
     caps = {"max_points": (max_points, 3), "tsne_max_points": (tsne_max_points, 3),
             "tsne_max_iter": (tsne_max_iter, 250)}  # fmt: skip
-    method = _check_arguments(features, method, caps)
+    requested, method = method, _check_arguments(features, method, caps)
     usable, notes = _usable_rows(features)
+    if requested == "auto" and method != "umap":
+        notes.insert(0, f"umap-learn is not installed (pip install 'twinview[report]'): "
+                     f"{NAMES[method]} instead of UMAP.")  # fmt: skip
 
     def unavailable(reason: str) -> EmbeddingMap:
         return EmbeddingMap(None, np.zeros(0, dtype=np.int64), None, tuple(notes), reason)
@@ -284,16 +336,26 @@ def map_2d(
     if method != "pca":
         centred = x - x.mean(axis=0, keepdims=True)
         scaled = centred / spread  # unit RMS distance to the mean: well within float32
+        # umap-learn fails in more ways (numba, pynndescent, an import that breaks) than
+        # scikit-learn's t-SNE; a report must not fail with it.
+        errors = Exception if method == "umap" else (ValueError, FloatingPointError, LinAlgError)
+        points, failure = None, None
         try:
             points = _umap(scaled, seed) if method == "umap" else _tsne(scaled, seed, tsne_max_iter)
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as error:
-            points = None
-            notes.append(f"{method} failed ({error}); PCA is shown instead.")
+        except errors as error:
+            failure = f"{NAMES[method]} failed ({type(error).__name__}: {error})"
         if points is not None and not np.isfinite(points).all():
-            points = None
-            notes.append(f"{method} returned non-finite points; PCA is shown instead.")
+            points, failure = None, f"{NAMES[method]} returned non-finite points"
         if points is not None:
             return EmbeddingMap(points, indices, method, tuple(notes))
+        if method == "umap" and importlib.util.find_spec("sklearn") is not None:
+            fallback = map_2d(
+                features, method="tsne", seed=seed, max_points=max_points,
+                tsne_max_points=tsne_max_points, tsne_max_iter=tsne_max_iter,
+            )  # fmt: skip
+            note = f"{failure}; t-SNE is shown instead."
+            return replace(fallback, notes=(note, *fallback.notes))
+        notes.append(f"{failure}; PCA is shown instead.")
     return EmbeddingMap(pca_2d(x), indices, "pca", tuple(notes))
 
 

@@ -133,15 +133,31 @@ def _results(summary: dict | None, eval_results: dict | None, problems: list[str
     if eval_results:
         table = results_table_html(eval_results)
         if table:
-            parts.append(
-                '<p class="caption">From <code>eval.json</code> (<code>twinview eval</code>).</p>'
-            )
+            parts.append(f'<p class="caption">{_eval_caption(eval_results)}</p>')
             parts.append(table)
+            if isinstance(eval_results.get("note"), str):
+                parts.append(_note(f"Note: {eval_results['note']}."))
     if len(parts) == len(problems):
         parts.append(
             _note("No results: no kNN scores in summary.json and no eval.json (twinview eval).")
         )
     return "\n".join(parts)
+
+
+def _eval_caption(results: dict) -> str:
+    """What the eval.json table holds: split, protocols, seeds (HTML, escaped)."""
+    text = "From <code>eval.json</code> (<code>twinview eval</code>)"
+    split = results.get("eval_split")
+    if isinstance(split, str):
+        text += (
+            f": final-epoch numbers on the {html.escape(split)} split; weighted cosine kNN with "
+            "the training split as the bank; linear-probe and fine-tuning hyperparameters "
+            "chosen on the validation split"
+        )
+    seeds = results.get("seeds")
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 1:
+        text += f"; mean ± std over {seeds} seeds"
+    return text + "."
 
 
 def _curves(run_dir: Path) -> str:
@@ -286,7 +302,7 @@ def write_report(
             :func:`twinview.views.preview.preview`.
         class_names: names of the labels 0..C-1 (legend and grid captions).
         k_neighbours: neighbours shown per query in the grid; n_queries: rows of the grid.
-        max_points: most points in the embedding map (t-SNE uses at most 1000).
+        max_points: most points in the embedding map (UMAP uses at most 2000, t-SNE 1000).
         seed: seeds the map's subset and optimisation and the choice of query images.
         map_method: ``"auto"``, ``"umap"``, ``"tsne"`` or ``"pca"`` (see
             :func:`~twinview.report.embedding_map.project_2d`).

@@ -11,7 +11,9 @@ baseline, raw pixels and random init first):
   baseline dicts line up with nested protocol dicts. Baseline-only metrics get their own row.
 
 Accuracies (names with ``top1``, ``top5`` or ``acc``, values in [0, 1]) are shown as
-percentages with two decimals, like the trainer's closing summary.
+percentages with two decimals, like the trainer's closing summary. A ``<metric>_mean`` with its
+``<metric>_std`` (``twinview eval`` over several seeds) makes one ``<metric>`` row showing
+``mean ± std``; with one seed the std is null and the row shows the mean alone.
 """
 
 from __future__ import annotations
@@ -46,15 +48,34 @@ def is_accuracy(path: Path_, value: float) -> bool:
     return any(tag in name for tag in ("top1", "top5", "acc")) and 0.0 <= value <= 1.0
 
 
-def format_value(path: Path_, value: float | None) -> str:
-    """``0.8123`` -> ``"81.23%"`` for accuracies; 4 significant digits otherwise."""
+def format_value(path: Path_, value: float | None, std: float | None = None) -> str:
+    """``0.8123`` -> ``"81.23%"`` for accuracies; 4 significant digits otherwise; with ``std``,
+    ``"81.23 ± 0.45%"`` (``"0.1 ± 0.02"``)."""
     if value is None:
         return "—"
     if is_accuracy(path, value):
-        return f"{value:.2%}"
-    if isinstance(value, int):
+        return f"{value:.2%}" if std is None else f"{100 * value:.2f} ± {100 * std:.2f}%"
+    if isinstance(value, int) and std is None:
         return str(value)
-    return f"{value:.4g}"
+    return f"{value:.4g}" if std is None else f"{value:.4g} ± {std:.2g}"
+
+
+def fold_seeds(table: dict[Path_, float]) -> tuple[dict[Path_, float], dict[Path_, float]]:
+    """``(values, stds)``: each ``(..., "x_mean")`` of ``table`` becomes ``(..., "x")``, with the
+    ``(..., "x_std")`` beside it (when present) in ``stds``; other entries are kept as they are."""
+    values: dict[Path_, float] = {}
+    stds: dict[Path_, float] = {}
+    for path, value in table.items():
+        name = path[-1] if path else ""
+        if name.endswith("_mean"):
+            folded = (*path[:-1], name[: -len("_mean")])
+            values[folded] = value
+            std = table.get((*path[:-1], folded[-1] + "_std"))
+            if std is not None:
+                stds[folded] = std
+        elif not (name.endswith("_std") and (*path[:-1], name[: -len("_std")] + "_mean") in table):
+            values[path] = value
+    return values, stds
 
 
 def pretty_name(path: Path_) -> str:
@@ -104,6 +125,16 @@ def _from_eval(results: dict[str, Any]) -> tuple[dict, dict]:
     return flatten(protocols), {k: v for k, v in baselines.items() if v}
 
 
+def _fold_all(this: dict, baselines: dict) -> tuple[dict, dict, dict]:
+    """:func:`fold_seeds` on this run's table and each baseline's; the stds keyed by column
+    (``None`` for this run, else the baseline's name)."""
+    this, this_stds = fold_seeds(this)
+    stds = {None: this_stds}
+    for name in list(baselines):
+        baselines[name], stds[name] = fold_seeds(baselines[name])
+    return this, baselines, stds
+
+
 def _ordered_baselines(baselines: dict[str, dict]) -> list[str]:
     known = [name for name in BASELINE_NAMES if name in baselines]
     return known + [name for name in baselines if name not in BASELINE_NAMES]
@@ -131,6 +162,12 @@ def _rows(this: dict, baselines: dict, names: list[str]) -> list[tuple[Path_, li
     return rows
 
 
+def _std(stds: dict[Path_, float], path: Path_) -> float | None:
+    """The std of ``path`` in one column, matched like its value (full path, or without the
+    protocol)."""
+    return stds.get(path, stds.get(path[1:]))
+
+
 def results_table_html(data: dict[str, Any], *, prefix: str | None = None) -> str | None:
     """An HTML ``<table>`` of the scalar results in ``data``, or None if there are none.
 
@@ -140,6 +177,7 @@ def results_table_html(data: dict[str, Any], *, prefix: str | None = None) -> st
         prefix: the split prefix of the summary keys to read.
     """
     this, baselines = _from_summary(data, prefix) if prefix else _from_eval(data)
+    this, baselines, stds = _fold_all(this, baselines)
     names = _ordered_baselines(baselines)
     rows = _rows(this, baselines, names)
     if not rows:
@@ -147,6 +185,7 @@ def results_table_html(data: dict[str, Any], *, prefix: str | None = None) -> st
     head = "".join(f"<th>{html.escape(c)}</th>" for c in [THIS_RUN, *map(_column_name, names)])
     body = []
     for path, cells in rows:
+        spreads = [_std(stds[column], path) for column in (None, *names)]
         others = [v for v in cells[1:] if v is not None]
         best = (
             cells[0] is not None
@@ -155,8 +194,8 @@ def results_table_html(data: dict[str, Any], *, prefix: str | None = None) -> st
             and cells[0] > max(others)
         )
         tds = "".join(
-            f"<td{' class=best' if best and i == 0 else ''}>{format_value(path, v)}</td>"
-            for i, v in enumerate(cells)
+            f"<td{' class=best' if best and i == 0 else ''}>{format_value(path, v, std)}</td>"
+            for i, (v, std) in enumerate(zip(cells, spreads))
         )
         label = f"{html.escape(pretty_name(path))}<code>{html.escape('/'.join(path))}</code>"
         body.append(f"<tr><td>{label}</td>{tds}</tr>")

@@ -144,8 +144,8 @@ def measure_costs(run: Any, step: float) -> Costs:
         points = min(n_test, cap)
     if points >= 3 and available_method() != "pca":
         # The first call pays imports and JIT (numba for UMAP). t-SNE scales about linearly from
-        # 100 points; UMAP faster than linearly: timed at 400 and scaled as N^1.5 (measured 0.24
-        # -> 2.9 s for 400 -> 2000 points on 2 cores; N^1.5 predicts 2.7 s).
+        # 100 points; UMAP faster than linearly: timed at 400 and scaled as N^1.5 (0.2 -> 1.0 s
+        # for 400 -> 2000 points on 2 cores with exact neighbours: N^1.5 errs on the safe side).
         n = 400 if available_method() == "umap" else 100
         x = torch.randn(n, dim, generator=g)
         power = 1.5 if available_method() == "umap" else 1.0
