@@ -181,20 +181,26 @@ def main() -> None:
     name = f"image folder scan + header check, {len(source)} JPEGs"
     record(name, f"{scanned:.1f} s (generation {made:.0f} s)")
     jpeg_views = build_views(cfg.views.preset or "simclr", size=args.jpeg_size)
-    for with_views in (True, False) if "folder" in only else ():
-        loader = FolderLoader(
-            source,
-            batch_size=batch_size,
-            geometry=jpeg_views.geometry if with_views else None,
-            photometry=jpeg_views.photometry if with_views else None,
-            device=device,
-            num_workers=args.workers,
-        )
-        first = _epoch_rate(loader, device)
-        second = _epoch_rate(loader, device)
-        what = "simclr views" if with_views else "decoding only"
-        name = f"folder loader, {args.jpeg_size} px JPEGs, {args.workers} workers, {what}"
-        record(name, f"epoch 1 {first:,.0f} img/s, epoch 2 {second:,.0f} img/s")
+
+    def two_epochs(kind: str, loader_class, source) -> None:
+        """Epoch 1 and 2 images/s of a decoding loader, with the views and decoding only."""
+        for with_views in (True, False):
+            loader = loader_class(
+                source,
+                batch_size=batch_size,
+                geometry=jpeg_views.geometry if with_views else None,
+                photometry=jpeg_views.photometry if with_views else None,
+                device=device,
+                num_workers=args.workers,
+            )
+            first = _epoch_rate(loader, device)
+            second = _epoch_rate(loader, device)
+            what = "simclr views" if with_views else "decoding only"
+            name = f"{kind} loader, {args.jpeg_size} px JPEGs, {args.workers} workers, {what}"
+            record(name, f"epoch 1 {first:,.0f} img/s, epoch 2 {second:,.0f} img/s")
+
+    if "folder" in only:
+        two_epochs("folder", FolderLoader, source)
 
     # 2b. The same images as tar shards, streamed.
     if "shards" in only:
@@ -205,20 +211,7 @@ def main() -> None:
         shards = ShardSource(pattern)
         name = f"twinview shards: {len(shards)} JPEGs -> {len(shards.shards)} tar shards"
         record(name, f"{time.perf_counter() - start:.1f} s")
-        for with_views in (True, False):
-            loader = ShardLoader(
-                shards,
-                batch_size=batch_size,
-                geometry=jpeg_views.geometry if with_views else None,
-                photometry=jpeg_views.photometry if with_views else None,
-                device=device,
-                num_workers=args.workers,
-            )
-            first = _epoch_rate(loader, device)
-            second = _epoch_rate(loader, device)
-            what = "simclr views" if with_views else "decoding only"
-            name = f"shard loader, {args.jpeg_size} px JPEGs, {args.workers} workers, {what}"
-            record(name, f"epoch 1 {first:,.0f} img/s, epoch 2 {second:,.0f} img/s")
+        two_epochs("shard", ShardLoader, shards)
 
     # 3. The training step alone.
     if "step" in only:
